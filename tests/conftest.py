@@ -1,0 +1,53 @@
+"""Shared fixtures: small random OLMo configs and a tiny tokenizer built in-process (no hub, no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from olmo_jax.model import ModelConfig
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    """A few-layer OLMo with a non-round vocabulary padded to a multiple of 16, fp32."""
+    fields = dict(
+        d_model=64, n_heads=4, n_layers=2, mlp_ratio=4, max_sequence_length=64, vocab_size=250,
+        embedding_size=256, eos_token_id=249, pad_token_id=1, compute_dtype="float32",
+    )
+    return ModelConfig(**(fields | overrides))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer trained on a few sentences, with OLMo's layout of special ids (0 and 1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    text = ["Language modeling is the task of predicting the next token.", "OLMo is an open language model."] * 50
+    tok.train_from_iterator(text, trainer)
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    tok.save(str(path))
+    json.loads(path.read_text())  # a valid file
+    return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args: str, timeout: float = 300, env: dict | None = None, **kwargs: object):
+    """Run `python *args` from the repository root with this checkout first on the import path."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = os.environ | {"PYTHONPATH": str(ROOT)} | (env or {})
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=full_env, **kwargs)

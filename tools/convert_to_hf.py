@@ -1,0 +1,34 @@
+"""Export an olmo_jax checkpoint to a Hugging Face `OlmoForCausalLM` directory.
+
+    python tools/convert_to_hf.py --checkpoint runs/tiny --output hf/tiny [--tokenizer tokenizer.json]
+
+`--checkpoint` is a run directory (its newest complete checkpoint), its `checkpoints/` folder or one step folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from olmo_jax.checkpoint import CheckpointError, load_params
+from olmo_jax.hf import HFConversionError, save_hf
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="run directory, checkpoints/ folder or step folder")
+    parser.add_argument("--output", required=True, help="HF directory to write")
+    parser.add_argument("--tokenizer", help="tokenizer.json to include (default: none)")
+    args = parser.parse_args(argv)
+    try:
+        config, params, meta = load_params(args.checkpoint)
+        save_hf(config, params, args.output, tokenizer=args.tokenizer)
+    except (CheckpointError, HFConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({config.num_params():,} parameters, step {meta.get('step', '?')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
