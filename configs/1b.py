@@ -65,4 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.scheduler.alpha_f = 0.1  # OLMo-1B.yaml: scheduler.alpha_f (decay to 0.1 × peak)
     c.scheduler.t_max = none_or(int)  # OLMo default: None → max_duration
     c.scheduler.warmup_min_lr = none_or(float)  # OLMo default: None → 0.1 × peak
+
+    c.data = ml_collections.ConfigDict()
+    c.data.paths = ("data/dolma/part-001-00000.npy",)  # recipe: --data.paths (tools/download_data.py fetches it)
+    c.data.memmap_dtype = "uint16"  # OLMo default: data.memmap_dtype
+    c.data.seed = none_or(int)  # OLMo default: None → seed
+    c.data.prefetch_depth = 8  # ours: batches prepared ahead by a background thread
     return c

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import ml_collections
 
+from olmo_jax.data import DataConfig
 from olmo_jax.model import ModelConfig
 from olmo_jax.optim import OptimizerConfig, SchedulerConfig
 
@@ -34,6 +35,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     run_name: str = "olmo"
     seed: int = 6198
     precision: Precision = "amp_bf16"

