@@ -25,7 +25,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.save_interval = 1000  # recipe: --save_interval=1000
     c.save_num_checkpoints_to_keep = 9  # OLMo-1B.yaml: save_num_checkpoints_to_keep
     c.load_path = none_or(str)  # OLMo: load_path (a checkpoint or an HF directory)
+    c.reset_optimizer_state = False  # OLMo: reset_optimizer_state (with load_path: weights only, step 0)
+    c.allow_resume_mismatch = False  # ours: resume although the model config or data fingerprint changed
     c.console_log_interval = 10  # OLMo: console_log_interval
+    c.tensorboard = True  # ours: TensorBoard event files in <save_folder>/tensorboard
+    c.loss_chunk_size = 512  # ours: positions per logits chunk in the loss (8 × 512 × 50,304 fp32 = 824 MB)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # ours: data-parallel axis (-1: the devices fsdp leaves)
+    c.mesh.fsdp = 1  # ours: parameter/optimizer sharding axis (1B fits one H200 unsharded)
+
+    c.wandb = ml_collections.ConfigDict()
+    c.wandb.enabled = False  # OLMo: wandb (optional; pip install wandb)
+    c.wandb.project = "olmo_jax"
+    c.wandb.entity = none_or(str)
+    c.wandb.group = none_or(str)
+    c.wandb.name = none_or(str)
 
     c.model = ml_collections.ConfigDict()
     c.model.d_model = 2048  # OLMo-1B.yaml: d_model

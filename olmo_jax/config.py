@@ -19,7 +19,9 @@ import ml_collections
 
 from olmo_jax.data import DataConfig
 from olmo_jax.model import ModelConfig
+from olmo_jax.monitor import WandbConfig
 from olmo_jax.optim import OptimizerConfig, SchedulerConfig
+from olmo_jax.sharding import MeshConfig
 
 Precision = Literal["amp_bf16", "fp32"]
 
@@ -36,6 +38,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     run_name: str = "olmo"
     seed: int = 6198
     precision: Precision = "amp_bf16"
@@ -48,14 +52,18 @@ class TrainConfig:
     save_folder: str = "runs/olmo"
     save_interval: int = 1000
     save_num_checkpoints_to_keep: int = 3
-    load_path: str | None = None
+    load_path: str | None = None  # a checkpoint (run dir, checkpoints/ or step dir) or an HF directory
+    reset_optimizer_state: bool = False  # with load_path: take the weights only, new optimizer, step 0
+    allow_resume_mismatch: bool = False  # resume although the checkpoint's model or data fingerprint differs
     console_log_interval: int = 10
+    tensorboard: bool = True  # event files in <save_folder>/tensorboard
+    loss_chunk_size: int = 512  # sequence positions whose logits are materialised at once in the loss
 
     def __post_init__(self) -> None:
         if self.precision not in Precision.__args__:
             raise ConfigError(f"precision={self.precision!r} must be one of {list(Precision.__args__)}.")
         for name in ("max_duration", "global_train_batch_size", "device_train_microbatch_size", "save_interval",
-                     "console_log_interval", "save_num_checkpoints_to_keep"):
+                     "console_log_interval", "save_num_checkpoints_to_keep", "loss_chunk_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive.")
         if self.global_train_batch_size % self.device_train_microbatch_size:

@@ -92,6 +92,11 @@ def decay_mask(params: Any, config: OptimizerConfig) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm over every array of a tree, accumulated in fp32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 class ClipState(NamedTuple):
     pass
 
@@ -102,7 +107,7 @@ def clip_by_global_norm_olmo(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates: Any, state: ClipState, params: Any = None) -> tuple[Any, ClipState]:
         del params
-        coef = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        coef = jnp.minimum(1.0, max_norm / (global_norm(updates) + 1e-6))
         return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(lambda _: ClipState(), update)

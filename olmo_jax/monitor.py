@@ -1,0 +1,166 @@
+"""What a run reports: throughput and MFU, and where metrics go (console, metrics.jsonl, TensorBoard, W&B)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+# Dense bf16 peak FLOP/s per device by device kind (the 1,979 TFLOP/s H100 figure assumes sparsity).
+PEAK_FLOPS = {"a100": 312e12, "h100": 989e12, "h200": 989e12, "h800": 989e12, "gh200": 989e12}
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Optional Weights & Biases logging (OLMo's `wandb` section); needs `pip install wandb`."""
+
+    enabled: bool = False
+    project: str = "olmo_jax"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None  # None → run_name
+
+
+def peak_flops(device: jax.Device | None = None) -> float | None:
+    """The assumed dense bf16 peak of one device, or None when unknown (e.g. CPUs)."""
+    kind = (device or jax.devices()[0]).device_kind.lower()
+    for name, flops in PEAK_FLOPS.items():
+        if name in kind.replace(" ", "").replace("nvidia", ""):
+            return flops
+    return None
+
+
+@dataclasses.dataclass
+class SpeedMonitor:
+    """Tokens/s over the last `window` steps, MFU and ETA. Call `reset` after compilation, evals and checkpoints,
+    whose time should not count as training time (as OLMo's SpeedMonitor does)."""
+
+    tokens_per_step: int
+    flops_per_token: float
+    n_devices: int
+    window: int = 20
+    _times: collections.deque = dataclasses.field(default_factory=collections.deque)
+
+    def __post_init__(self) -> None:
+        self.peak = peak_flops()
+
+    def reset(self) -> None:
+        self._times.clear()
+
+    def tick(self) -> None:
+        """Mark the end of a step."""
+        self._times.append(time.perf_counter())
+        while len(self._times) > self.window + 1:
+            self._times.popleft()
+
+    def step_time(self) -> float | None:
+        if len(self._times) < 2:
+            return None
+        return (self._times[-1] - self._times[0]) / (len(self._times) - 1)
+
+    def metrics(self) -> dict[str, float]:
+        seconds = self.step_time()
+        if seconds is None:
+            return {}
+        tokens_per_second = self.tokens_per_step / seconds
+        out = {"throughput/tokens_per_second": tokens_per_second, "throughput/step_time": seconds}
+        if self.peak is not None:
+            out["throughput/mfu"] = tokens_per_second * self.flops_per_token / (self.peak * self.n_devices)
+        return out
+
+    def mfu_note(self) -> str:
+        if self.peak is None:
+            return f"MFU n/a (no known peak for {jax.devices()[0].device_kind})"
+        return f"MFU vs {self.peak / 1e12:.0f} TFLOP/s × {self.n_devices}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def console_line(step: int, last_step: int, metrics: dict[str, float], eta: float | None) -> str:
+    parts = [f"step {step}/{last_step}"]
+    if "train/loss" in metrics:
+        parts.append(f"loss {metrics['train/loss']:.4f}")
+    if "train/lr" in metrics:
+        parts.append(f"lr {metrics['train/lr']:.3e}")
+    if "train/grad_norm" in metrics:
+        parts.append(f"grad_norm {metrics['train/grad_norm']:.3f}")
+    if "throughput/tokens_per_second" in metrics:
+        parts.append(f"{metrics['throughput/tokens_per_second']:,.0f} tok/s")
+    if "throughput/mfu" in metrics:
+        parts.append(f"MFU {100 * metrics['throughput/mfu']:.1f}%")
+    if eta is not None:
+        parts.append(f"ETA {format_duration(eta)}")
+    return " | ".join(parts)
+
+
+class MetricsWriter:
+    """Appends metrics to `<run_dir>/metrics.jsonl`, TensorBoard event files and (optionally) Weights & Biases.
+
+    Only process 0 writes; other processes get a writer that does nothing.
+    """
+
+    def __init__(
+        self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, wandb: dict | None = None
+    ) -> None:
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if wandb is not None:
+            try:
+                import wandb as wandb_lib
+            except ImportError:
+                raise RuntimeError(
+                    "wandb.enabled is set but wandb is not installed: pip install 'olmo_jax[wandb]' or set "
+                    "--config.wandb.enabled=False."
+                ) from None
+            self._wandb = wandb_lib.init(**wandb)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in clean.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl; when a resumed run logged a step again, the later record wins."""
+    by_step: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[(record["step"], tuple(sorted(record)))] = record
+    return sorted(by_step.values(), key=lambda r: r["step"])
