@@ -86,4 +86,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.memmap_dtype = "uint16"  # OLMo default: data.memmap_dtype
     c.data.seed = none_or(int)  # OLMo default: None → seed
     c.data.prefetch_depth = 8  # ours: batches prepared ahead by a background thread
+    # OLMo: tokenizer.identifier; OLMo-1B.yaml names the ids-identical pii-special twin (spec §10). Name or file.
+    c.data.tokenizer = "allenai_gpt-neox-olmo-dolma-v1_5"
     return c

@@ -1,12 +1,21 @@
 """Training data read exactly as OLMo reads it (olmo_spec.md §5): token files, global order, per-process rows,
-and a prefetching iterator."""
+and a prefetching iterator.
+
+Dimension letters: A gradient-accumulation (micro) steps, R rows of one micro-step (all devices, or this process's
+share), T sequence length.
+"""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -19,10 +28,20 @@ class DataConfig:
     memmap_dtype: str = "uint16"  # OLMo: data.memmap_dtype (uint32 for vocabularies above 65,536)
     seed: int | None = None  # OLMo: data.seed; None → the run's seed
     prefetch_depth: int = 8  # batches built ahead by the background thread
+    tokenizer: str = "allenai_gpt-neox-olmo-dolma-v1_5"  # OLMo: tokenizer.identifier (a known name or a file)
+
+    def __post_init__(self) -> None:
+        if self.prefetch_depth < 1:
+            raise DataError(f"data.prefetch_depth={self.prefetch_depth} must be at least 1.")
 
 
 class DataError(ValueError):
     """Training data that cannot be used as configured, naming the file and the value."""
+
+
+def _describe(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 class TokenFiles:
@@ -30,9 +49,12 @@ class TokenFiles:
 
     Each file is a headerless raw array (despite the `.npy` name), read with np.memmap; instances never span files and
     a file's leftover tokens are dropped. Global instance g lives in file f at local index g − offsets[f].
+    Reading is thread-safe; at most `max_open_files` files are mapped at once (each mapping holds a file descriptor).
     """
 
-    def __init__(self, paths: Sequence[str | Path], dtype: str, seq_len: int) -> None:
+    def __init__(self, paths: Sequence[str | Path], dtype: str, seq_len: int, max_open_files: int = 128) -> None:
+        if isinstance(paths, str | Path):
+            paths = [paths]
         if not paths:
             raise DataError("data.paths is empty: give at least one token file (e.g. --config.data.paths=FILE).")
         try:
@@ -41,12 +63,15 @@ class TokenFiles:
             raise DataError(f"data.memmap_dtype={dtype!r} is not a numpy dtype; use 'uint16' or 'uint32'.") from None
         if self.dtype not in (np.uint16, np.uint32, np.uint64, np.int32):
             raise DataError(f"data.memmap_dtype={dtype!r} must be an integer type such as 'uint16' or 'uint32'.")
+        if seq_len <= 0:
+            raise DataError(f"Instance length (model.max_sequence_length) {seq_len} must be positive.")
         self.paths = tuple(str(p) for p in paths)
         self.seq_len = seq_len
         sizes, counts = [], []
         for path in self.paths:
             if not os.path.isfile(path):
-                raise DataError(f"Token file {path} does not exist.")
+                raise DataError(f"Token file {path} does not exist (data.paths); check the path, or create it with "
+                                "tools/prepare_data.py.")
             size = os.path.getsize(path)
             if size % self.dtype.itemsize:
                 raise DataError(
@@ -57,7 +82,9 @@ class TokenFiles:
             counts.append(size // (self.dtype.itemsize * seq_len))
         self.sizes = tuple(sizes)
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._memmaps: list[np.memmap | None] = [None] * len(self.paths)
+        self._max_open = max(1, max_open_files)
+        self._open: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def num_instances(self) -> int:
@@ -65,24 +92,266 @@ class TokenFiles:
 
     def locate(self, instance: int) -> tuple[int, int]:
         """Global instance index → (file index, token offset within that file)."""
+        if not 0 <= instance < self.num_instances:
+            raise IndexError(f"Instance {instance} is outside [0, {self.num_instances}).")
         f = int(np.searchsorted(self.offsets, instance, side="right") - 1)
         return f, (instance - int(self.offsets[f])) * self.seq_len
 
-    def _memmap(self, f: int) -> np.memmap:
-        if self._memmaps[f] is None:
-            self._memmaps[f] = np.memmap(self.paths[f], dtype=self.dtype, mode="r")
-        return self._memmaps[f]
+    def _instances_of(self, f: int) -> np.ndarray:
+        """File f as a read-only [instances, T] view; the least recently used mapping is closed past the limit."""
+        with self._lock:
+            view = self._open.get(f)
+            if view is not None:
+                self._open.move_to_end(f)
+                return view
+            n = int(self.offsets[f + 1] - self.offsets[f])
+            view = np.memmap(self.paths[f], dtype=self.dtype, mode="r", shape=(n * self.seq_len,)).reshape(
+                n, self.seq_len) if n else np.empty((0, self.seq_len), self.dtype)
+            self._open[f] = view
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)  # readers holding it keep the mapping alive until they finish
+            return view
 
     def read(self, instances: np.ndarray) -> np.ndarray:
-        """Global instance indices [...] → token ids [..., seq_len] as int32."""
+        """Global instance indices [...] → token ids [..., T] as int32."""
+        shape = np.shape(instances)
         flat = np.asarray(instances, np.int64).reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.num_instances):
+            raise IndexError(f"Instance indices must be in [0, {self.num_instances}); got {flat.min()}..{flat.max()}.")
+        files = np.searchsorted(self.offsets, flat, side="right") - 1
         out = np.empty((flat.size, self.seq_len), np.int32)
-        for row, instance in enumerate(flat):
-            f, start = self.locate(int(instance))
-            out[row] = self._memmap(f)[start:start + self.seq_len]
-        return out.reshape(*np.shape(instances), self.seq_len)
+        if flat.size and files[0] == files[-1] and (files == files[0]).all():
+            f = int(files[0])
+            # One fancy-indexed gather from the mapping, then one widening copy (numpy releases the GIL for both).
+            np.copyto(out, self._instances_of(f)[flat - self.offsets[f]], casting="unsafe")
+        else:
+            for f in np.unique(files):
+                rows = np.flatnonzero(files == f)
+                out[rows] = self._instances_of(int(f))[flat[rows] - self.offsets[f]]
+        return out.reshape(*shape, self.seq_len)
 
     def fingerprint(self) -> dict[str, object]:
         """What identifies the data: paths, byte sizes, dtype and instance length."""
         return {"paths": list(self.paths), "sizes": list(self.sizes), "memmap_dtype": self.dtype.name,
                 "seq_len": self.seq_len}
+
+
+def global_indices(num_instances: int, seed: int, epoch: int, world_size: int) -> np.ndarray:
+    """OLMo's global order of one epoch (§5.3): a PCG64(seed + epoch) shuffle of arange(N) as uint32, truncated to
+    a multiple of the world size (drop_last). Same generator and dtype as OLMo's IterableDataset, so the same
+    permutation."""
+    if num_instances >= 2**32:
+        raise DataError(f"{num_instances} instances do not fit OLMo's uint32 global indices.")
+    if world_size < 1:
+        raise DataError(f"world_size={world_size} must be at least 1.")
+    indices = np.arange(num_instances, dtype=np.uint32)
+    np.random.Generator(np.random.PCG64(seed=seed + epoch)).shuffle(indices)
+    return indices[: num_instances // world_size * world_size]
+
+
+def batch_layout(global_batch_size: int, grad_accum: int, world_size: int) -> np.ndarray:
+    """Position within the global batch of each [micro-step k, column j] → [A, G // A] int64.
+
+    Column j belongs to device r = j // m (m = G // (W·A) rows per device per micro-step) as its row i = j % m.
+    OLMo deals global positions to ranks strided (rank r gets r, r + W, ...) and splits each rank's device batch into
+    consecutive micro-batches (§5.3), so [k, j] holds position r + W·(k·m + i). For W = 1 this is 0, 1, 2, ...
+    """
+    m = global_batch_size // (world_size * grad_accum)
+    j = np.arange(world_size * m)
+    k = np.arange(grad_accum)[:, None]
+    return (j // m + world_size * (k * m + j % m)).astype(np.int64)
+
+
+class Batches:
+    """The global batch of each step as a pure function of (files, seed, step).
+
+    `step` is 0-based: batch `step` feeds the (step+1)-th optimizer update (OLMo's global_step step+1) and holds
+    positions [step·G, (step+1)·G) of its epoch's global order, epoch = step // batches_per_epoch, shuffled with
+    seed + epoch; rows left over at an epoch's end are dropped (OLMo's DataLoader drop_last). Resuming needs only
+    the step.
+
+    Batches are laid out [A, R, T] as in `batch_layout`; with P processes each owning W/P of the W data-parallel
+    devices, process p holds columns [p·R/P, (p+1)·R/P) of every micro-step, so concatenating the processes' local
+    batches along axis 1 gives the one-process batch (what jax.make_array_from_process_local_data expects).
+    """
+
+    def __init__(self, files: TokenFiles, seed: int, global_batch_size: int, grad_accum: int,
+                 dp_world_size: int = 1, process_index: int = 0, process_count: int = 1,
+                 vocab_size: int | None = None) -> None:
+        G, A, W, P = global_batch_size, grad_accum, dp_world_size, process_count
+        if min(G, A, W, P) < 1:
+            raise DataError(f"global_batch_size={G}, grad_accum={A}, dp_world_size={W} and process_count={P} "
+                            "must all be positive.")
+        if G % (W * A):
+            raise DataError(f"global_batch_size={G} is not divisible by dp_world_size × grad_accum = {W} × {A}; "
+                            "each device needs the same whole number of rows per micro-step.")
+        if W % P:
+            raise DataError(f"dp_world_size={W} is not divisible by process_count={P}; every process must own the "
+                            "same number of data-parallel devices.")
+        if not 0 <= process_index < P:
+            raise DataError(f"process_index={process_index} is outside [0, process_count={P}).")
+        self.files = files
+        self.seed = seed
+        self.global_batch_size = G
+        self.grad_accum = A
+        self.dp_world_size = W
+        self.process_index = process_index
+        self.process_count = process_count
+        self.vocab_size = vocab_size
+        self.total_size = files.num_instances // W * W  # drop_last (§5.3)
+        if self.total_size < G:
+            raise DataError(
+                f"Token files {_describe(files.paths)} hold {files.num_instances} instances of {files.seq_len} "
+                f"tokens ({self.total_size} after drop_last to {W} devices), fewer than one global batch of {G}; "
+                "add data or lower global_train_batch_size."
+            )
+        self.batches_per_epoch = self.total_size // G
+        self._layout = batch_layout(G, A, W)
+        cols = G // A // P
+        self._columns = slice(process_index * cols, (process_index + 1) * cols)
+        self._order: tuple[int, np.ndarray] | None = None
+        self._order_lock = threading.Lock()
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.batches_per_epoch
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        with self._order_lock:  # the prefetch thread and the main thread may ask at once; keep one epoch cached
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, global_indices(self.files.num_instances, self.seed, epoch, self.dp_world_size))
+            return self._order[1]
+
+    def instance_ids(self, step: int) -> np.ndarray:
+        """Global instance indices of batch `step`, [A, G // A] int64, laid out as in `batch_layout`."""
+        if step < 0:
+            raise ValueError(f"step={step} must be non-negative.")
+        epoch, within = divmod(step, self.batches_per_epoch)
+        order = self._epoch_order(epoch)
+        return order[within * self.global_batch_size + self._layout].astype(np.int64)
+
+    def local_instance_ids(self, step: int) -> np.ndarray:
+        """This process's columns of `instance_ids(step)`: [A, G // A // process_count] int64."""
+        return self.instance_ids(step)[:, self._columns]
+
+    def batch_at(self, step: int) -> np.ndarray:
+        """This process's token ids of batch `step`: int32 [A, R, T] with R = G // A // process_count, validated."""
+        ids = self.local_instance_ids(step)
+        batch = self.files.read(ids)
+        if self.vocab_size is not None:
+            self._check_ids(batch, ids, step)
+        return batch
+
+    def _check_ids(self, batch: np.ndarray, ids: np.ndarray, step: int) -> None:
+        # One pass: through a uint32 view a negative int32 (a uint32 file value ≥ 2^31) is also ≥ vocab_size.
+        unsigned = batch.view(np.uint32)
+        if unsigned.max() < self.vocab_size:
+            return
+        k, row, col = (int(x[0]) for x in np.nonzero(unsigned >= self.vocab_size))
+        instance = int(ids[k, row])
+        f, offset = self.files.locate(instance)
+        raise DataError(
+            f"Token id {int(unsigned[k, row, col])} at token {offset + col} of {self.files.paths[f]} (instance "
+            f"{instance}, batch {step}) is ≥ vocab_size={self.vocab_size}; check data.memmap_dtype "
+            f"({self.files.dtype.name}) and that the files were made with this model's tokenizer."
+        )
+
+    def prefetch(self, start_step: int, stop_step: int, depth: int = 8,
+                 transform: Callable[[np.ndarray], Any] | None = None) -> Prefetcher:
+        """Batches start_step … stop_step − 1 built ahead by a background thread; see `Prefetcher`.
+
+        transform, when given, runs in that thread on each batch (e.g. a host-to-device transfer).
+        """
+        make = self.batch_at if transform is None else lambda step: transform(self.batch_at(step))
+        return Prefetcher(make, range(start_step, stop_step), depth)
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+_POLL_S = 0.1  # how often a blocked put/get rechecks for shutdown; bounds the latency of close() and Ctrl-C
+
+
+class Prefetcher:
+    """Iterator of (step, batch) built by a daemon thread into a bounded queue, in step order.
+
+    An exception raised while building a batch is re-raised in the consuming thread by the `next()` that would have
+    returned that batch. `close()` (also on leaving a `with` block) stops the thread even when it is blocked on a
+    full queue, and joins it; being a daemon, a forgotten one never holds up interpreter exit.
+    """
+
+    def __init__(self, make: Callable[[int], Any], steps: range, depth: int) -> None:
+        if depth < 1:
+            raise DataError(f"prefetch depth={depth} must be at least 1.")
+        self._make = make
+        self._steps = steps
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name="olmo_jax-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for step in self._steps:
+                if self._stop.is_set():
+                    return
+                if not self._put((step, self._make(step))):
+                    return
+        except BaseException as e:  # delivered to the consumer, which decides what it means
+            self._put(_Failure(e))
+            return
+        self._put(_DONE)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return self
+
+    def __next__(self) -> tuple[int, Any]:
+        while not self._finished:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self._finished = True
+                    if not self._stop.is_set():
+                        raise RuntimeError("The prefetch thread ended without delivering its batches.") from None
+                continue
+            if item is _DONE:
+                self._finished = True
+            elif isinstance(item, _Failure):
+                self._finished = True
+                self.close()
+                raise item.error
+            else:
+                return item
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (at most about one batch's build time)."""
+        self._stop.set()
+        self._finished = True
+        while True:  # free a slot so a put in progress returns at once
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
