@@ -35,6 +35,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # ours: data-parallel axis (-1: the devices fsdp leaves)
     c.mesh.fsdp = 1  # ours: parameter/optimizer sharding axis (1B fits one H200 unsharded)
 
+    c.distributed = ml_collections.ConfigDict()  # ours: multi-process runs (README: "Scaling out")
+    c.distributed.enabled = none_or(bool)  # None: auto (a coordinator is given, or a Slurm / Open MPI job)
+    c.distributed.coordinator_address = none_or(str)  # host:port of process 0
+    c.distributed.num_processes = none_or(int)
+    c.distributed.process_id = none_or(int)
+    c.distributed.local_device_ids = none_or(tuple)  # e.g. (0,1,2,3,4,5,6,7): all GPUs of a one-task-per-node job
+
     c.wandb = ml_collections.ConfigDict()
     c.wandb.enabled = False  # OLMo: wandb (optional; pip install wandb)
     c.wandb.project = "olmo_jax"

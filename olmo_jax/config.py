@@ -18,6 +18,7 @@ from typing import Any, Literal
 import ml_collections
 
 from olmo_jax.data import DataConfig
+from olmo_jax.distributed import DistributedConfig
 from olmo_jax.model import ModelConfig
 from olmo_jax.monitor import WandbConfig
 from olmo_jax.optim import OptimizerConfig, SchedulerConfig
@@ -39,6 +40,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     run_name: str = "olmo"
     seed: int = 6198

@@ -1,34 +1,37 @@
-"""`python -m olmo_jax.train --config=configs/tiny.py [--config.key=value ...]`.
+"""`python -m olmo_jax.train --config=configs/tiny.py [--config.key=value ...]`: train, or resume a run.
 
-Until the training loop lands this builds the model from the config, prints its summary and runs a forward pass.
+The config file is an ml_collections file (locked: a misspelt key is an error); every key can be overridden with a
+`--config.` prefix, e.g. the reference recipe's `--config.scheduler.t_warmup=500`. Rerunning a command whose
+save_folder holds checkpoints resumes from the newest complete one.
 """
 
 from __future__ import annotations
 
-import time
+import sys
 
-import jax
-import jax.numpy as jnp
 from absl import app
 from ml_collections import config_flags
 
-from olmo_jax.config import TrainConfig
-from olmo_jax.model import OLMo, init_params
+from olmo_jax.checkpoint import CheckpointError
+from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.data import DataError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config file.", lock_config=True)
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    config = TrainConfig.from_dict(_CONFIG.value)
-    m = config.model
-    print(f"{config.run_name}: {m.num_params():,} parameters, {m.n_layers} layers × d_model {m.d_model}, "
-          f"{m.n_heads} heads, context {m.max_sequence_length}, {m.compute_dtype} on {jax.devices()}")
-    params = init_params(m, jax.random.key(config.seed))
-    ids = jnp.zeros((1, m.max_sequence_length), jnp.int32)
-    start = time.perf_counter()
-    logits = jax.jit(OLMo(m).apply)({"params": params}, ids).block_until_ready()
-    print(f"forward pass: logits {logits.shape} {logits.dtype} in {time.perf_counter() - start:.2f}s")
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; overrides look like --config.key=value.")
+    from olmo_jax.distributed import initialize
+    from olmo_jax.trainer import TrainingError, train  # after flag parsing: `--help` stays fast
+
+    try:
+        config = TrainConfig.from_dict(_CONFIG.value)
+        initialize(config.distributed)  # before any other JAX call
+        train(config)
+    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ def make_train_step(
             "train/z_loss": Z_LOSS_WEIGHT * z / n_targets,
             "train/grad_norm": grad_norm,  # before clipping, as OLMo logs optim/total_grad_norm
             "train/lr": lr,
+            "healthy": ok,  # a copy outside the donated state, for the loop's check (not logged)
         }
         return state, metrics
 

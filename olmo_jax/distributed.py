@@ -1,0 +1,58 @@
+"""Starting JAX's distributed runtime for multi-process (multi-host) runs, before any other JAX call.
+
+One process per host (or per GPU) runs the same command. `jax.distributed.initialize` connects them through a
+coordinator; afterwards `jax.devices()` lists every device of every process and jitted code runs SPMD over all of
+them. Trap (jax_stack_notes.md): Slurm / Open MPI auto-detection gives each process ONE local GPU unless
+`local_device_ids` is passed, so either launch one task per GPU or set `distributed.local_device_ids`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """`enabled`: None (auto) initialises when a coordinator is given or a Slurm / Open MPI job of several tasks is
+    detected; True always (cluster auto-detection fills what is unset); False never."""
+
+    enabled: bool | None = None
+    coordinator_address: str | None = None  # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None  # e.g. (0, 1, 2, 3, 4, 5, 6, 7) for one task per 8-GPU node
+
+    def __post_init__(self) -> None:
+        if self.coordinator_address is not None and (self.num_processes is None or self.process_id is None):
+            raise ValueError(
+                f"distributed.coordinator_address={self.coordinator_address!r} needs distributed.num_processes and "
+                "distributed.process_id as well (or leave all three unset for Slurm / Open MPI auto-detection)."
+            )
+
+
+def cluster_detected() -> str | None:
+    """The launcher of a multi-task job, if any ("slurm" or "openmpi")."""
+    if int(os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1"))) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "slurm"
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "openmpi"
+    return None
+
+
+def initialize(config: DistributedConfig) -> bool:
+    """Call jax.distributed.initialize when `config` asks for it; returns whether the runtime is distributed."""
+    wanted = config.enabled is True or (
+        config.enabled is None and (config.coordinator_address is not None or cluster_detected() is not None)
+    )
+    if not wanted:
+        return False
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address,
+        num_processes=config.num_processes,
+        process_id=config.process_id,
+        local_device_ids=list(config.local_device_ids) if config.local_device_ids is not None else None,
+    )
+    return True

@@ -1,0 +1,315 @@
+"""The training run: state (fresh, resumed or loaded), data, the jitted step, checkpoints, logging, evaluation and
+clean stopping. `olmo_jax/train.py` is only the command line around `train(config)`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from olmo_jax import hf
+from olmo_jax.checkpoint import Checkpointer, CheckpointError, package_versions, resolve
+from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.data import Batches, TokenFiles
+from olmo_jax.model import ModelConfig
+from olmo_jax.monitor import MetricsWriter, SpeedMonitor, console_line
+from olmo_jax.optim import lr_schedule, make_optimizer
+from olmo_jax.sharding import batch_sharding, make_mesh, tree_shardings, with_shardings
+from olmo_jax.train_step import TrainState, init_state, make_train_step, new_state
+
+# Fields that decide parameter shapes: a checkpoint with other values cannot be restored into this model.
+SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_ratio", "mlp_hidden_size", "embedding_size",
+                "vocab_size", "weight_tying")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, incompatible checkpoint...); the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the global batch maps onto devices: G = microbatch × grad_accum × data-parallel size."""
+
+    global_batch: int
+    microbatch: int  # rows per device per micro-step (OLMo: device_train_microbatch_size)
+    dp_size: int  # devices the batch is split over
+    grad_accum: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, dp_size: int) -> Layout:
+        g, m = config.global_train_batch_size, config.device_train_microbatch_size
+        if g % (m * dp_size):
+            raise ConfigError(
+                f"global_train_batch_size={g} must equal device_train_microbatch_size={m} × gradient accumulation × "
+                f"data-parallel size={dp_size} (devices), so it must be a multiple of {m * dp_size}. Change the "
+                "global batch or the microbatch, or run on a different number of devices."
+            )
+        return cls(g, m, dp_size, g // (m * dp_size))
+
+
+class StopRequest:
+    """SIGTERM or Ctrl-C asks the loop to finish the current step, checkpoint and exit 0. A second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        tqdm.write(f"{self.requested} received: finishing this step, then checkpointing and exiting "
+                   "(Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def data_fingerprint(files: TokenFiles, seed: int) -> dict[str, Any]:
+    return {**files.fingerprint(), "seed": seed}
+
+
+def _check_resume(meta: dict[str, Any], config: TrainConfig, fingerprint: dict[str, Any], where: Path) -> None:
+    saved_model = meta.get("model", {})
+    problems = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {getattr(config.model, k)!r}"
+                for k in SHAPE_FIELDS if saved_model.get(k) != getattr(config.model, k)]
+    saved_data = meta.get("data_fingerprint")
+    if saved_data is not None and saved_data != fingerprint:
+        changed = sorted(k for k in fingerprint if saved_data.get(k) != fingerprint[k])
+        problems.append(f"data ({', '.join(changed)}): checkpoint {[saved_data.get(k) for k in changed]} vs "
+                        f"config {[fingerprint[k] for k in changed]}")
+    if problems and not config.allow_resume_mismatch:
+        raise TrainingError(
+            f"Cannot resume from {where}: this run's config differs from the checkpoint's:\n  - "
+            + "\n  - ".join(problems)
+            + "\nUse a new save_folder for a different run, or set --config.allow_resume_mismatch=True to resume "
+            "anyway (model shapes must still match)."
+        )
+
+
+class Run:
+    """Everything one training run holds; `train()` drives it."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.run_dir = Path(config.save_folder)
+        self.is_main = jax.process_index() == 0
+        self.mesh = make_mesh(config.mesh)
+        self.layout = Layout.of(config, self.mesh.size)
+        model = config.model
+        self.files = TokenFiles(config.data.paths, config.data.memmap_dtype, model.max_sequence_length)
+        self.seed = config.data.seed if config.data.seed is not None else config.seed
+        self.batches = Batches(
+            self.files, self.seed, self.layout.global_batch, self.layout.grad_accum, dp_world_size=self.mesh.size,
+            process_index=jax.process_index(), process_count=jax.process_count(), vocab_size=model.vocab_size,
+        )
+        self.optimizer = make_optimizer(config.optimizer, config.scheduler, config.max_duration, config.max_grad_norm)
+        self.schedule = lr_schedule(config.scheduler, config.optimizer.learning_rate, config.max_duration)
+        abstract = jax.eval_shape(lambda k: init_state(model, self.optimizer, k), jax.random.key(0))
+        self.state_shardings = tree_shardings(self.mesh, abstract)
+        self.abstract_state = with_shardings(abstract, self.state_shardings)
+        self.batch_sharding = batch_sharding(self.mesh)
+        step_fn = make_train_step(model, self.optimizer, self.schedule, config.loss_chunk_size,
+                                  config.softmax_auxiliary_loss)
+        self.train_step = jax.jit(
+            step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, None), donate_argnums=0,
+        )
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.save_num_checkpoints_to_keep)
+        self.tokens_per_step = self.layout.global_batch * model.max_sequence_length
+
+    # -------------------------------------------------------------------------------------------- state set-up
+
+    def initial_state(self) -> tuple[TrainState, str]:
+        """Resume from this run's newest complete checkpoint, else start from load_path, else initialise."""
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            where = self.checkpointer.directory / str(latest)
+            _check_resume(self.checkpointer.meta(latest), self.config, self.fingerprint, where)
+            params, opt_state, _ = self.checkpointer.restore(
+                latest, self.abstract_state.params, self.abstract_state.opt_state)
+            return TrainState(jnp.asarray(latest, jnp.int32), params, opt_state, jnp.asarray(True)), (
+                f"resumed from {where}")
+        if self.config.load_path:
+            return self._load(Path(self.config.load_path))
+        init = jax.jit(lambda k: init_state(self.config.model, self.optimizer, k), out_shardings=self.state_shardings)
+        return init(jax.random.key(self.config.seed)), f"initialised ({self.config.model.init_fn} init)"
+
+    def _load(self, path: Path) -> tuple[TrainState, str]:
+        if (path / "config.json").exists():  # a Hugging Face directory: weights only
+            hf_config, params = hf.load_hf(path)
+            self._check_shapes(hf_config, path)
+            return self._fresh_optimizer(params), f"loaded weights from HF directory {path}"
+        root, step = resolve(path)
+        source = Checkpointer(root, async_save=False)
+        try:
+            step = source.latest_step() if step is None else step
+            if step is None:
+                raise CheckpointError(f"load_path={path} holds no complete checkpoint.")
+            meta = source.meta(step)
+            weights_only = self.config.reset_optimizer_state or not (root / str(step) / "opt_state").exists()
+            if weights_only:
+                params, _, _ = source.restore(step, self.abstract_state.params)
+                return self._fresh_optimizer(params), f"loaded weights of {root / str(step)} (new optimizer state)"
+            _check_resume(meta, self.config, self.fingerprint, root / str(step))
+            params, opt_state, _ = source.restore(step, self.abstract_state.params, self.abstract_state.opt_state)
+            state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True))
+            return state, f"loaded full state of {root / str(step)}"
+        finally:
+            source.close()
+
+    def _check_shapes(self, loaded: ModelConfig, where: Path) -> None:
+        diff = [f"{k}: {getattr(loaded, k)!r} vs {getattr(self.config.model, k)!r}" for k in SHAPE_FIELDS
+                if k != "vocab_size" and getattr(loaded, k) != getattr(self.config.model, k)]
+        if diff:
+            raise TrainingError(f"load_path={where} does not fit config.model (loaded vs config): {'; '.join(diff)}")
+
+    def _fresh_optimizer(self, params: Any) -> TrainState:
+        params = jax.device_put(params, self.state_shardings.params)
+        make = jax.jit(lambda p: new_state(p, self.optimizer), out_shardings=self.state_shardings)
+        return make(params)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return data_fingerprint(self.files, self.seed)
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+
+    def save(self, state: TrainState, step: int) -> None:
+        meta = {
+            "step": step,
+            "model": self.config.model,
+            "config": self.config,
+            "data_fingerprint": self.fingerprint,
+            "tokens_seen": step * self.tokens_per_step,
+            "versions": package_versions(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.checkpointer.save(step, state.params, meta, state.opt_state)
+
+    def summary(self, start_step: int, how: str) -> str:
+        c, m, lay = self.config, self.config.model, self.layout
+        rows = [
+            ("run", f"{c.run_name} → {self.run_dir.absolute()}"),
+            ("model", f"{m.num_params():,} parameters: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
+                      f"context {m.max_sequence_length}, vocab {m.padded_vocab}, {m.compute_dtype} compute"),
+            ("batch", f"{lay.global_batch} × {m.max_sequence_length} = {self.tokens_per_step:,} tokens/step "
+                      f"(microbatch {lay.microbatch} × accumulation {lay.grad_accum} × {lay.dp_size} devices)"),
+            ("steps", f"{start_step} → {c.last_step} of {c.max_duration} (LR schedule length), "
+                      f"{(c.last_step - start_step) * self.tokens_per_step:,} tokens to go"),
+            ("devices", f"{jax.device_count()} × {jax.devices()[0].device_kind} in {jax.process_count()} process(es), "
+                        f"mesh data={self.mesh.shape['data']} fsdp={self.mesh.shape['fsdp']}"),
+            ("data", f"{len(self.files.paths)} file(s), {self.files.num_instances:,} instances, "
+                     f"{self.batches.batches_per_epoch:,} steps per epoch, seed {self.seed}"),
+            ("state", how),
+        ]
+        return "\n".join(f"{k:>8}: {v}" for k, v in rows)
+
+
+def train(config: TrainConfig) -> int:
+    """Run training to `stop_at` or `max_duration`; returns the last completed step."""
+    run = Run(config)
+    state, how = run.initial_state()
+    start = int(state.step)
+    if run.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        print(run.summary(start, how), flush=True)
+    writer = MetricsWriter(run.run_dir, enabled=run.is_main, tensorboard=config.tensorboard,
+                           wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
+    speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
+    step = start
+    try:
+        if start >= config.last_step:
+            print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
+            return start
+        step = _loop(run, state, start, writer, speed)
+    finally:
+        run.checkpointer.wait()
+        run.checkpointer.close()
+        writer.close()
+    return step
+
+
+def _loop(run: Run, state: TrainState, start: int, writer: MetricsWriter, speed: SpeedMonitor) -> int:
+    config = run.config
+    last = config.last_step
+    step = start
+    pending_health: tuple[int, jax.Array, dict[str, jax.Array]] | None = None
+    bar = tqdm(total=last, initial=start, unit="step", dynamic_ncols=True, disable=None if run.is_main else True)
+    with StopRequest() as stop, run.batches.prefetch(start, last, config.data.prefetch_depth) as batches:
+        for batch_step, local_batch in batches:
+            batch = jax.make_array_from_process_local_data(run.batch_sharding, local_batch)
+            state, metrics = run.train_step(state, batch)
+            step = batch_step + 1
+            # Check the previous step's health now that this one is queued: no device idle time per step.
+            if pending_health is not None:
+                _raise_if_unhealthy(run, *pending_health)
+            pending_health = (step, metrics.pop("healthy"), metrics)
+            speed.tick()
+            if step == start + 1:
+                speed.reset()  # the first step includes compilation
+                speed.tick()
+            bar.update(1)
+            if step % config.console_log_interval == 0 or step == last:
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _raise_if_unhealthy(run, *pending_health)
+                host |= speed.metrics() | {"throughput/total_tokens": step * run.tokens_per_step}
+                host["train/perplexity"] = math.exp(min(host["train/loss"], 700.0))
+                seconds = speed.step_time()
+                eta = seconds * (last - step) if seconds else None
+                writer.write(step, host)
+                if run.is_main:
+                    bar.write(console_line(step, last, host, eta) + ("" if "throughput/mfu" in host or step == last
+                                                                     else f" | {speed.mfu_note()}"))
+            saved = False
+            if step % config.save_interval == 0 or step == last or stop.requested:
+                _raise_if_unhealthy(run, *pending_health)
+                run.save(state, step)
+                saved = True
+            if stop.requested:
+                if run.is_main:
+                    bar.write(f"Stopped by {stop.requested} after step {step}; checkpoint saved in "
+                              f"{run.checkpointer.directory / str(step)}. Rerun the same command to resume.")
+                break
+            if saved:
+                speed.reset()
+    bar.close()
+    return step
+
+
+def _raise_if_unhealthy(run: Run, step: int, healthy: jax.Array, metrics: dict[str, jax.Array]) -> None:
+    if bool(healthy):
+        return
+    loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
+    last_good = run.checkpointer.latest_step()
+    where = f"step {last_good} in {run.checkpointer.directory}" if last_good is not None else "none (no checkpoint)"
+    raise TrainingError(
+        f"Non-finite training signal at step {step}: loss={loss}, grad_norm={grad_norm}. The run stopped before "
+        f"applying that update; the last good checkpoint is {where}. Lower optimizer.learning_rate, check the data "
+        "at this step (tools/inspect_data.py), or enable softmax_auxiliary_loss (z-loss)."
+    )
+
+
+def _wandb_kwargs(config: TrainConfig) -> dict[str, Any]:
+    w = config.wandb
+    return {"project": w.project, "entity": w.entity, "group": w.group, "name": w.name or config.run_name,
+            "config": dataclasses.asdict(config), "resume": "allow"}
+
+
+__all__ = ["Layout", "Run", "TrainingError", "train"]
