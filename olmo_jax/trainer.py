@@ -228,7 +228,7 @@ def train(config: TrainConfig) -> int:
     start = int(state.step)
     if run.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        (run.run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         print(run.summary(start, how), flush=True)
     writer = MetricsWriter(run.run_dir, enabled=run.is_main, tensorboard=config.tensorboard,
                            wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
