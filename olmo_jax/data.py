@@ -202,8 +202,8 @@ class Batches:
         if self.total_size < G:
             raise DataError(
                 f"Token files {_describe(files.paths)} hold {files.num_instances} instances of {files.seq_len} "
-                f"tokens ({self.total_size} after drop_last to {W} devices), fewer than one global batch of {G}; "
-                "add data or lower global_train_batch_size."
+                f"tokens ({self.total_size} after drop_last to a multiple of dp_world_size={W}), fewer than one global "
+                f"batch of {G}; add data or lower global_train_batch_size."
             )
         self.batches_per_epoch = self.total_size // G
         self._layout = batch_layout(G, A, W)
