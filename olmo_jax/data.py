@@ -202,24 +202,29 @@ class Batches:
         if self.total_size < G:
             raise DataError(
                 f"Token files {_describe(files.paths)} hold {files.num_instances} instances of {files.seq_len} "
-                f"tokens ({self.total_size} after drop_last to {W} devices), fewer than one global batch of {G}; "
-                "add data or lower global_train_batch_size."
+                f"tokens ({self.total_size} after drop_last to a multiple of dp_world_size={W}), fewer than one global "
+                f"batch of {G}; add data or lower global_train_batch_size."
             )
         self.batches_per_epoch = self.total_size // G
         self._layout = batch_layout(G, A, W)
         cols = G // A // P
         self._columns = slice(process_index * cols, (process_index + 1) * cols)
-        self._order: tuple[int, np.ndarray] | None = None
+        self._orders: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._order_lock = threading.Lock()
 
     def epoch_of(self, step: int) -> int:
         return step // self.batches_per_epoch
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        with self._order_lock:  # the prefetch thread and the main thread may ask at once; keep one epoch cached
-            if self._order is None or self._order[0] != epoch:
-                self._order = (epoch, global_indices(self.files.num_instances, self.seed, epoch, self.dp_world_size))
-            return self._order[1]
+        # Two epochs cached: near a boundary the prefetch thread is in the next epoch while the loop is in this one.
+        with self._order_lock:
+            order = self._orders.get(epoch)
+            if order is None:
+                order = global_indices(self.files.num_instances, self.seed, epoch, self.dp_world_size)
+                self._orders[epoch] = order
+                if len(self._orders) > 2:
+                    self._orders.popitem(last=False)
+            return order
 
     def instance_ids(self, step: int) -> np.ndarray:
         """Global instance indices of batch `step`, [A, G // A] int64, laid out as in `batch_layout`."""

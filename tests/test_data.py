@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_python
+from conftest import ROOT, run_python
 
+from olmo_jax.config import ConfigError, load_config
 from olmo_jax.data import Batches, DataError, Prefetcher, TokenFiles, batch_layout, global_indices
 
 T = 16  # instance length in these tests
@@ -315,3 +316,11 @@ def test_no_hang_at_exit_or_on_interrupt(tmp_path: Path, mode: str, expected: st
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
     assert time.perf_counter() - start < 30
+
+
+def test_data_config_keys_come_from_the_config_files() -> None:
+    data = load_config(ROOT / "configs/1b.py", ["data.seed=7", "data.prefetch_depth=2"]).data
+    assert (data.memmap_dtype, data.seed, data.prefetch_depth) == ("uint16", 7, 2)
+    assert data.tokenizer == "allenai_gpt-neox-olmo-dolma-v1_5"
+    with pytest.raises(ConfigError, match=r"data\.prefetch_depth=0 must be at least 1"):
+        load_config(ROOT / "configs/tiny.py", ["data.prefetch_depth=0"])

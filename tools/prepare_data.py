@@ -1,0 +1,47 @@
+"""Tokenize text into an OLMo token file (olmo_spec.md §5.1–5.2), with a JSON manifest beside it.
+
+    python tools/prepare_data.py INPUT [INPUT ...] --output data/mydata.npy [--tokenizer NAME_OR_FILE] [--workers N]
+
+INPUT: JSONL or JSONL.gz files with a `text` field per line (Dolma's format), plain text files (one document each),
+or directories of them. Every document gets EOS appended; the output is a headerless uint16 array (uint32 for
+vocabularies above 65,536) to list in `data.paths`; the manifest is written to `<output>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from olmo_jax.assets import AssetError
+from olmo_jax.prepare import JSONL_SUFFIXES, TEXT_SUFFIXES, PrepareError, manifest_path, prepare
+from olmo_jax.tokenizer import DEFAULT, Tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="JSONL(.gz) or text files, or directories of them")
+    parser.add_argument("--output", required=True, help="token file to write, e.g. data/mydata.npy")
+    parser.add_argument("--tokenizer", default=DEFAULT, help=f"known name or tokenizer.json (default: {DEFAULT})")
+    parser.add_argument("--eos-token-id", type=int, default=50279, help="EOS appended to every document")
+    parser.add_argument("--dtype", choices=["uint16", "uint32"], help="default: uint16 when the vocabulary fits")
+    parser.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
+    parser.add_argument("--suffixes", nargs="+", default=list(JSONL_SUFFIXES + TEXT_SUFFIXES),
+                        help="file endings read from input directories (default: %(default)s)")
+    parser.add_argument("--text-field", default="text", help="JSON field holding a document's text")
+    parser.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
+                        help="what to do with bytes that are not UTF-8 (default: strict, an error)")
+    args = parser.parse_args(argv)
+    try:
+        tokenizer = Tokenizer.load(args.tokenizer, eos_token_id=args.eos_token_id)
+        manifest = prepare(args.inputs, args.output, tokenizer, dtype=args.dtype, workers=args.workers,
+                           suffixes=args.suffixes, text_field=args.text_field, encoding_errors=args.encoding_errors)
+    except (PrepareError, AssetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: {manifest['tokens']:,} tokens ({manifest['dtype']}) from {manifest['documents']:,} "
+          f"documents in {len(manifest['inputs'])} file(s); manifest {manifest_path(args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
