@@ -150,7 +150,8 @@ def test_corrupt_checkpoint_is_rejected_clearly(tokens: Path, tmp_path: Path) ->
     for path in (tmp_path / "checkpoints" / "8" / "params").rglob("*"):
         if path.is_file() and path.name != "_METADATA" and "manifest" not in path.name:
             path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"step 8 .*delete .*checkpoints/8 to fall back to (the previous )?step 4"):
+    with pytest.raises(CheckpointError, match=r"step 8 .*delete .*checkpoints/8 to fall back to (the previous )?"
+                                              r"step 4"):
         train(load_config(MICRO, _overrides(tokens, tmp_path)))
 
 
@@ -200,8 +201,8 @@ def test_load_path_from_hf_directory(tokens: Path, tmp_path: Path) -> None:
 
 def test_batch_arithmetic_error_names_all_three() -> None:
     config = load_config(MICRO, ["global_train_batch_size=12", "device_train_microbatch_size=4"])
-    with pytest.raises(ConfigError, match=r"global_train_batch_size=12 .*device_train_microbatch_size=4 .*data-parallel "
-                                          r"size=2"):
+    with pytest.raises(ConfigError, match=r"global_train_batch_size=12 .*device_train_microbatch_size=4 "
+                                          r".*data-parallel size=2"):
         Layout.of(config, 2)
     assert Layout.of(config, 1).grad_accum == 3
 
