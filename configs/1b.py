@@ -95,4 +95,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prefetch_depth = 8  # ours: batches prepared ahead by a background thread
     # OLMo: tokenizer.identifier; OLMo-1B.yaml names the ids-identical pii-special twin (spec §10). Name or file.
     c.data.tokenizer = "allenai_gpt-neox-olmo-dolma-v1_5"
+    c.data.stdlib_corpus = False  # ours: build data.paths[0] from the Python standard library when missing
     return c

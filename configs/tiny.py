@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.save_num_checkpoints_to_keep = 2
     c.console_log_interval = 10
 
+    # The quickstart corpus: built from this Python's standard library on the first run (olmo_jax/quickstart.py).
+    c.data.paths = ("data/stdlib/train.npy",)
+    c.data.stdlib_corpus = True
+
     c.model.d_model = 128
     c.model.n_heads = 4
     c.model.n_layers = 4

@@ -29,6 +29,8 @@ class DataConfig:
     seed: int | None = None  # OLMo: data.seed; None → the run's seed
     prefetch_depth: int = 8  # batches built ahead by the background thread
     tokenizer: str = "allenai_gpt-neox-olmo-dolma-v1_5"  # OLMo: tokenizer.identifier (a known name or a file)
+    # Build data.paths[0] (and its sibling heldout.npy) from the Python standard library if missing (quickstart).
+    stdlib_corpus: bool = False
 
     def __post_init__(self) -> None:
         if self.prefetch_depth < 1:

@@ -43,12 +43,14 @@ def next_token_loss_sums(model: OLMo, params: Any, input_ids: Array, chunk: int)
     def split(x: Array) -> Array:  # [B, T, ...] → [T/c, B, c, ...]: chunks along time keep B sharded
         return jnp.moveaxis(x.reshape(b, n, c, *x.shape[2:]), 1, 0)
 
-    @jax.checkpoint
     def chunk_sums(h: Array, y: Array, w: Array) -> tuple[Array, Array]:
         logits = model.apply({"params": params}, h, method=OLMo.logits)  # [B, c, V] fp32
         lse = jax.nn.logsumexp(logits, axis=-1)  # [B, c]
         target = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]  # [B, c]
         return ((lse - target) * w).sum(), (jnp.square(lse) * w).sum()
+
+    if n > 1:  # recompute each chunk's logits in the backward pass rather than keep them all
+        chunk_sums = jax.checkpoint(chunk_sums)
 
     def body(carry: tuple[Array, Array], xs: tuple[Array, Array, Array]) -> tuple[tuple[Array, Array], None]:
         ce, z = chunk_sums(*xs)

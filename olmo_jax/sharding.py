@@ -17,7 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXES = ("data", "fsdp")
 # Arrays smaller than this stay replicated: splitting them saves nothing and costs a collective.
-MIN_SHARDED_SIZE = 2**14
+MIN_SHARDED_SIZE = 2**10
 
 
 @dataclasses.dataclass(frozen=True)

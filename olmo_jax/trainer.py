@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from olmo_jax import hf
@@ -23,6 +24,7 @@ from olmo_jax.data import Batches, TokenFiles
 from olmo_jax.model import ModelConfig
 from olmo_jax.monitor import MetricsWriter, SpeedMonitor, console_line
 from olmo_jax.optim import lr_schedule, make_optimizer
+from olmo_jax.quickstart import ensure_stdlib_corpus, unigram_entropy
 from olmo_jax.sharding import batch_sharding, make_mesh, tree_shardings, with_shardings
 from olmo_jax.train_step import TrainState, init_state, make_train_step, new_state
 
@@ -57,14 +59,21 @@ class Layout:
 
 
 class StopRequest:
-    """SIGTERM or Ctrl-C asks the loop to finish the current step, checkpoint and exit 0. A second Ctrl-C aborts."""
+    """SIGTERM or Ctrl-C asks the loop to finish the current step, checkpoint and exit 0. A second Ctrl-C aborts.
+
+    With several processes, SIGTERM (a scheduler's preemption notice) is caught by JAX's preemption service
+    instead: it tells every process, and all of them stop and save at the same step. A Python SIGTERM handler
+    would exclude that service, so only SIGINT gets one there (send SIGTERM, not Ctrl-C, to a multi-process run).
+    """
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.multiprocess = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -74,6 +83,12 @@ class StopRequest:
         self.requested = signal.Signals(signum).name
         tqdm.write(f"{self.requested} received: finishing this step, then checkpointing and exiting "
                    "(Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
+
+    def check(self, step: int) -> str | None:
+        """Why to stop after `step`, or None. Every process must call this at every step (JAX's protocol)."""
+        if self.multiprocess and multihost_utils.reached_preemption_sync_point(step):
+            self.requested = "SIGTERM (preemption notice)"
+        return self.requested
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -223,6 +238,7 @@ class Run:
 
 def train(config: TrainConfig) -> int:
     """Run training to `stop_at` or `max_duration`; returns the last completed step."""
+    entropy = _prepare_stdlib_corpus(config) if config.data.stdlib_corpus else None
     run = Run(config)
     state, how = run.initial_state()
     start = int(state.step)
@@ -230,6 +246,8 @@ def train(config: TrainConfig) -> int:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         print(run.summary(start, how), flush=True)
+        if entropy is not None:
+            print(f"  corpus: unigram entropy {entropy:.3f} nats (a loss below it means the model uses context)")
     writer = MetricsWriter(run.run_dir, enabled=run.is_main, tensorboard=config.tensorboard,
                            wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
     speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
@@ -238,7 +256,11 @@ def train(config: TrainConfig) -> int:
         if start >= config.last_step:
             print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
             return start
-        step = _loop(run, state, start, writer, speed)
+        step, metrics = _loop(run, state, start, writer, speed)
+        if run.is_main and "train/loss" in metrics:
+            versus = f" (corpus unigram entropy {entropy:.3f} nats)" if entropy is not None else ""
+            print(f"Finished at step {step}: loss {metrics['train/loss']:.4f}{versus}; checkpoints in "
+                  f"{run.checkpointer.directory}")
     finally:
         run.checkpointer.wait()
         run.checkpointer.close()
@@ -246,10 +268,23 @@ def train(config: TrainConfig) -> int:
     return step
 
 
-def _loop(run: Run, state: TrainState, start: int, writer: MetricsWriter, speed: SpeedMonitor) -> int:
+def _prepare_stdlib_corpus(config: TrainConfig) -> float:
+    """Process 0 builds the quickstart corpus if it is missing; the others wait for it."""
+    if jax.process_index() == 0:
+        ensure_stdlib_corpus(config.data.paths[0], config.data.tokenizer)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("stdlib corpus built")
+    return unigram_entropy(config.data.paths[0], config.data.memmap_dtype)
+
+
+def _loop(
+    run: Run, state: TrainState, start: int, writer: MetricsWriter, speed: SpeedMonitor
+) -> tuple[int, dict[str, float]]:
+    """Train from `start`; returns the last completed step and the last logged metrics."""
     config = run.config
     last = config.last_step
     step = start
+    host: dict[str, float] = {}
     pending_health: tuple[int, jax.Array, dict[str, jax.Array]] | None = None
     bar = tqdm(total=last, initial=start, unit="step", dynamic_ncols=True, disable=None if run.is_main else True)
     with StopRequest() as stop, run.batches.prefetch(start, last, config.data.prefetch_depth) as batches:
@@ -278,19 +313,20 @@ def _loop(run: Run, state: TrainState, start: int, writer: MetricsWriter, speed:
                     bar.write(console_line(step, last, host, eta) + ("" if "throughput/mfu" in host or step == last
                                                                      else f" | {speed.mfu_note()}"))
             saved = False
-            if step % config.save_interval == 0 or step == last or stop.requested:
+            stopping = stop.check(step)
+            if step % config.save_interval == 0 or step == last or stopping:
                 _raise_if_unhealthy(run, *pending_health)
                 run.save(state, step)
                 saved = True
-            if stop.requested:
+            if stopping:
                 if run.is_main:
-                    bar.write(f"Stopped by {stop.requested} after step {step}; checkpoint saved in "
+                    bar.write(f"Stopped by {stopping} after step {step}; checkpoint saved in "
                               f"{run.checkpointer.directory / str(step)}. Rerun the same command to resume.")
                 break
             if saved:
                 speed.reset()
     bar.close()
-    return step
+    return step, host
 
 
 def _raise_if_unhealthy(run: Run, step: int, healthy: jax.Array, metrics: dict[str, jax.Array]) -> None:
