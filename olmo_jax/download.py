@@ -138,6 +138,7 @@ def _attempt(url: str, dest: Path, timeout: float, chunk_size: int, bar: tqdm) -
             bar.reset(total=size)
             bar.update(size)
             _note(bar, f"{dest}: already complete ({size:,} bytes)")
+            part_paths(dest)[1].unlink(missing_ok=True)  # left behind if a run died right after the rename
             return dest
         raise DownloadError(
             f"{dest} exists with {size:,} bytes but {url} has {remote.size:,}; move or delete it to download again."
@@ -153,7 +154,7 @@ def _attempt(url: str, dest: Path, timeout: float, chunk_size: int, bar: tqdm) -
     with open(part, "rb") as f:
         os.fsync(f.fileno())
     os.replace(part, dest)
-    sidecar.unlink()
+    sidecar.unlink(missing_ok=True)
     return dest
 
 
