@@ -171,3 +171,19 @@ def _safe_losses(run_dir: Path) -> list[float]:
         return _losses(run_dir)
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return []
+
+
+def test_memory_table_uses_the_real_shardings() -> None:
+    import jax
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from memory_table import per_device_bytes
+
+    from olmo_jax.model import ModelConfig, param_shapes
+
+    shapes = param_shapes(ModelConfig())
+    total = sum(x.size * 4 for x in jax.tree.leaves(shapes))
+    assert total == 1_176_764_416 * 4
+    assert per_device_bytes(shapes, 1) == total
+    assert per_device_bytes(shapes, 8) == total / 8  # every 1B matrix divides by 8
+    assert per_device_bytes(shapes, 16) == total / 16

@@ -1,0 +1,40 @@
+"""The quickstart: the standard-library corpus is built, trained on and reported against its unigram entropy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from olmo_jax.config import load_config
+from olmo_jax.data import TokenFiles
+from olmo_jax.quickstart import heldout_path, stdlib_sources, unigram_entropy
+from olmo_jax.trainer import train
+
+
+def test_stdlib_sources_are_deterministic_and_skip_tests() -> None:
+    files = stdlib_sources(500_000)
+    assert files == stdlib_sources(500_000) and files == sorted(files)
+    assert not any("test" in p.parts or "site-packages" in p.parts for p in files)
+    assert sum(f.stat().st_size for f in files) >= 500_000
+
+
+def test_unigram_entropy(tmp_path: Path) -> None:
+    np.array([1, 1, 2, 2], np.uint16).tofile(tmp_path / "a.npy")
+    assert unigram_entropy(tmp_path / "a.npy") == pytest.approx(np.log(2))
+
+
+def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train_path = tmp_path / "stdlib" / "train.npy"
+    config = load_config(ROOT / "configs/tiny.py", [
+        f"data.paths={train_path}", f"save_folder={tmp_path / 'run'}", "max_duration=4", "save_interval=2",
+        "model.n_layers=1", "model.d_model=64", "console_log_interval=1",
+    ])
+    assert train(config) == 4
+    out = capsys.readouterr().out
+    assert "unigram entropy" in out and "Finished at step 4" in out
+    files = TokenFiles([train_path, heldout_path(train_path)], "uint16", 128)
+    assert files.num_instances > 10_000  # ~1.8M tokens
+    assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [2, 4]
