@@ -286,6 +286,11 @@ def write_hf_tokenizer(config: ModelConfig, tokenizer_json: str | Path, path: Pa
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
+    if tok.get_vocab_size() > config.padded_vocab:
+        raise HFConversionError(
+            f"{tokenizer_json} has {tok.get_vocab_size()} tokens but the model's embedding only "
+            f"{config.padded_vocab} rows; it is not this model's tokenizer (pass another, or --no-tokenizer)."
+        )
     eos, pad = tok.id_to_token(config.eos_token_id), tok.id_to_token(config.pad_token_id)
     if eos is None or pad is None:
         raise HFConversionError(
