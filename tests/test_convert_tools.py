@@ -14,7 +14,7 @@ from olmo_jax.model import init_params
 
 
 def test_hf_to_checkpoint_to_hf_round_trip(tmp_path: Path, tokenizer_json: Path) -> None:
-    config = tiny_config(weight_tying=False, clip_qkv=3.0)
+    config = tiny_config(weight_tying=False, clip_qkv=3.0, vocab_size=300, embedding_size=320, eos_token_id=0)
     params = init_params(config, jax.random.key(0))
     save_hf(config, params, tmp_path / "hf")
     result = run_python("tools/convert_from_hf.py", "--hf", str(tmp_path / "hf"), "--output", str(tmp_path / "run"))
