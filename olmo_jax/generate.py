@@ -136,7 +136,8 @@ def generate(
     jax.random from `seed`, after top-k and top-p filtering. A row stops after emitting config.eos_token_id (kept as
     its last token) unless stop_at_eos is False. Ids at or above config.vocab_size (embedding padding) never appear.
     """
-    _check_request(config, prompts, max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    _check_prompts(config, prompts, max_new_tokens)
     p = bucket(max(len(prompt) for prompt in prompts))
     batch = np.full((len(prompts), p), config.pad_token_id, np.int32)
     for row, prompt in zip(batch, prompts, strict=True):
@@ -158,10 +159,22 @@ def _trim(tokens: list[int], eos: int | None) -> list[int]:
     return tokens[:tokens.index(eos) + 1] if eos is not None and eos in tokens else tokens
 
 
-def _check_request(
-    config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
-    top_k: int | None, top_p: float | None,
-) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ValueError naming every out-of-range sampling setting."""
+    problems = []
+    if max_new_tokens < 1:
+        problems.append(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if temperature < 0:
+        problems.append(f"temperature={temperature} must be ≥ 0 (0 is greedy decoding)")
+    if top_k is not None and top_k < 1:
+        problems.append(f"top_k={top_k} must be at least 1 (or None for no top-k filtering)")
+    if top_p is not None and not 0 < top_p <= 1:
+        problems.append(f"top_p={top_p} must be in (0, 1] (or None for no nucleus filtering)")
+    if problems:
+        raise ValueError("Cannot generate: " + "; ".join(problems) + ".")
+
+
+def _check_prompts(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
     if not prompts:
         raise ValueError("No prompts given: pass a list of token-id lists.")
     problems = []
@@ -174,14 +187,6 @@ def _check_request(
         elif len(prompt) + max_new_tokens > config.max_sequence_length:
             problems.append(f"prompt {i} has {len(prompt)} tokens, which with max_new_tokens={max_new_tokens} "
                             f"exceeds the model's context of {config.max_sequence_length} tokens")
-    if max_new_tokens < 1:
-        problems.append(f"max_new_tokens={max_new_tokens} must be at least 1")
-    if temperature < 0:
-        problems.append(f"temperature={temperature} must be ≥ 0 (0 is greedy decoding)")
-    if top_k is not None and top_k < 1:
-        problems.append(f"top_k={top_k} must be at least 1 (or None for no top-k filtering)")
-    if top_p is not None and not 0 < top_p <= 1:
-        problems.append(f"top_p={top_p} must be in (0, 1] (or None for no nucleus filtering)")
     if problems:
         raise ValueError("Cannot generate: " + "; ".join(problems) + ".")
 
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from olmo_jax.hf import HFConversionError
 
     try:
+        check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before a slow load
         if args.hf is not None:
             lm = LanguageModel.from_hf(args.hf, args.tokenizer, args.dtype)
         else:

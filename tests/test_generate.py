@@ -176,6 +176,7 @@ def test_bad_requests_are_refused() -> None:
         (dict(prompts=[[3], [250]]), "token id 250"),
         (dict(prompts=[[3] * 60], max_new_tokens=10), "context of 64"),
         (dict(temperature=-1.0), "temperature=-1.0"),
+        (dict(max_new_tokens=0), "max_new_tokens=0"),
         (dict(top_p=1.5, temperature=1.0), "top_p=1.5"),
         (dict(top_k=0, temperature=1.0), "top_k=0"),
     ]:
@@ -237,3 +238,6 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = run_python("-m", "olmo_jax.generate", "--hf", str(tmp_path), "--prompt", "x")
     assert result.returncode == 1 and result.stderr.startswith("error:") and "no config.json" in result.stderr
     assert "Traceback" not in result.stderr
+    # Sampling settings are checked before any model is loaded.
+    result = run_python("-m", "olmo_jax.generate", "--hf", str(tmp_path), "--prompt", "x", "--top_p", "1.5")
+    assert result.returncode == 1 and result.stderr.startswith("error:") and "top_p=1.5" in result.stderr
