@@ -350,18 +350,22 @@ class OLMo(nn.Module):
         return self.lm_head(hidden)
 
     def decode(
-        self, input_ids: Array, positions: Array, cache: list[KVCache], cache_index: Array, key_mask: Array
+        self, input_ids: Array, positions: Array, cache: list[KVCache], cache_index: Array, key_mask: Array,
+        last_only: bool = False,
     ) -> tuple[Array, list[KVCache]]:
         """One prefill or decode call with a preallocated KV cache (olmo_jax/generate.py).
 
         input_ids, positions: [B, T]; cache: one ([B, S, K, H], [B, S, K, H]) per layer; cache_index: the slot of
-        the first input token; key_mask: [B, S], False for padding slots. Returns logits [B, T, V] and the cache.
+        the first input token; key_mask: [B, S], False for padding slots. Returns logits [B, T, V] and the cache;
+        with last_only, logits [B, 1, V] of the last position, all a prefill needs (XLA does not drop the others).
         """
         x = self.embed_tokens(input_ids).astype(self.config.dtype)
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             x, layer_cache = layer(x, positions, layer_cache, cache_index, key_mask)
             new_cache.append(layer_cache)
+        if last_only:
+            x = x[:, -1:]
         return self.logits(layer_norm(x, self.config.layer_norm_eps)), new_cache
 
 

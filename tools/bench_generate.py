@@ -1,0 +1,133 @@
+"""Greedy decoding speed on CPU: olmo_jax.generate against transformers' generate on the same weights.
+
+    python tools/bench_generate.py [--batch_sizes 1 8] [--prompt_len 32] [--new_tokens 128] [--repeats 5] [--json]
+
+A small random OLMo (d_model 256, 4 layers, 4 heads, OLMo's 50,304-row vocabulary, fp32) is exported with
+olmo_jax.hf.save_hf and loaded by transformers' OlmoForCausalLM. Both decode greedily with a KV cache and never stop
+early (EOS disabled on both sides). Time to first token is the time of a max_new_tokens=1 call (prefill, first
+token, result on the host); decode speed is the remaining new_tokens − 1 tokens per row over the extra time of the
+full call. Medians of `--repeats` timed calls after a warm-up call (which includes our compilation).
+
+Both libraries get the same `--threads` cores (default: all this process may use): the process is pinned to them
+before jax and torch start, which sizes XLA's CPU thread pool, and torch.set_num_threads is set to match. On a
+machine shared with other work, torch's OpenMP threads slow down sharply once the cores are oversubscribed; compare
+`--threads 1` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# The model: d_model 256, 4 layers, OLMo's padded vocabulary, all of it sampleable as in transformers.
+MODEL = dict(d_model=256, n_heads=4, n_layers=4, mlp_ratio=8, max_sequence_length=512, vocab_size=50304,
+             embedding_size=50304, compute_dtype="float32", init_fn="normal", init_std=0.02)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: compilation, allocator, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(run: Callable[[int], list[list[int]]], batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
+    ttft = median_seconds(lambda: run(1), repeats)
+    total = median_seconds(lambda: run(new_tokens), repeats)
+    return {
+        "time_to_first_token_ms": 1e3 * ttft,
+        "decode_tokens_per_s": batch * (new_tokens - 1) / (total - ttft),
+        "end_to_end_s": total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt_len", type=int, default=32)
+    parser.add_argument("--new_tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="cores for each library")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= args.threads <= len(cores):
+        parser.error(f"--threads {args.threads} must be between 1 and the {len(cores)} cores available")
+    os.sched_setaffinity(0, cores[: args.threads])
+    results, setup = run(args)
+    if args.json:
+        print(json.dumps({"setup": setup, "results": results}, indent=2))
+        return
+    print(", ".join(f"{k} {v}" for k, v in setup.items()))
+    print(f"{'batch':>5} {'library':>12} {'TTFT ms':>9} {'decode tok/s':>13} {'total s':>8}")
+    for row in results:
+        for name in ("olmo_jax", "transformers"):
+            m = row[name]
+            print(f"{row['batch']:>5} {name:>12} {m['time_to_first_token_ms']:>9.1f} {m['decode_tokens_per_s']:>13.1f} "
+                  f"{m['end_to_end_s']:>8.2f}")
+        print(f"{row['batch']:>5} {'ratio':>12} {row['ttft_speedup']:>8.2f}x {row['decode_speedup']:>12.2f}x "
+              f"  (olmo_jax / transformers; same greedy tokens: {row['same_tokens_fraction']:.0%})")
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    # Imported only now, after pinning the process: XLA sizes its thread pool from the cores it may use at start.
+    import jax
+    import torch
+    import transformers
+
+    from olmo_jax.generate import generate
+    from olmo_jax.hf import save_hf
+    from olmo_jax.model import ModelConfig, init_params
+
+    config = ModelConfig(**MODEL)
+    torch.set_num_threads(args.threads)
+    params = init_params(config, jax.random.key(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf(config, params, tmp)
+        hf_model = transformers.OlmoForCausalLM.from_pretrained(tmp).eval()
+    hf_model.generation_config.eos_token_id = None  # decode every token, as ours does with stop_at_eos=False
+
+    results = []
+    for batch in args.batch_sizes:
+        prompts = np.random.default_rng(batch).integers(2, config.vocab_size, (batch, args.prompt_len))
+
+        def ours(n: int, prompts: np.ndarray = prompts) -> list[list[int]]:
+            return generate(config, params, prompts.tolist(), max_new_tokens=n, stop_at_eos=False)
+
+        def theirs(n: int, prompts: np.ndarray = prompts) -> list[list[int]]:
+            with torch.no_grad():
+                ids = torch.tensor(prompts)
+                out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                                        use_cache=True, pad_token_id=config.pad_token_id)
+            return out[:, args.prompt_len:].tolist()
+
+        ours_tokens, their_tokens = np.array(ours(args.new_tokens)), np.array(theirs(args.new_tokens))
+        row = {"batch": batch, "same_tokens_fraction": float((ours_tokens == their_tokens).mean()),
+               "olmo_jax": measure(ours, batch, args.new_tokens, args.repeats),
+               "transformers": measure(theirs, batch, args.new_tokens, args.repeats)}
+        row["decode_speedup"] = row["olmo_jax"]["decode_tokens_per_s"] / row["transformers"]["decode_tokens_per_s"]
+        row["ttft_speedup"] = (row["transformers"]["time_to_first_token_ms"]
+                               / row["olmo_jax"]["time_to_first_token_ms"])
+        results.append(row)
+
+    setup = {"model": f"d_model {config.d_model}, {config.n_layers} layers, vocab {config.padded_vocab}, fp32, "
+                      f"{config.num_params():,} params",
+             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
+             "threads": args.threads, "jax": jax.__version__, "torch": torch.__version__,
+             "transformers": transformers.__version__}
+    return results, setup
+
+
+if __name__ == "__main__":
+    main()
