@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import tempfile
 import threading
 import time
 import urllib.error
@@ -332,15 +333,17 @@ class ChunkCache:
         return out
 
     def _write(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp = None
         try:
-            with open(tmp, "wb") as f:
+            fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)  # unique even across hosts
+            with open(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise RemoteError(f"Cannot write the data cache (data.cache_dir={self.directory}): {e}") from None
 
 

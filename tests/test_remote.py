@@ -4,6 +4,7 @@ gs:// and s3:// through tensorstore's drivers, and a training run that loses its
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 from test_data import T, expected_rows, numbered_files
 
 from olmo_jax.data import Batches, DataConfig, DataError, TokenFiles
@@ -273,3 +275,19 @@ def test_training_from_a_url_stops_on_a_persistent_error_and_resumes(tmp_path: P
         server.clear_faults()
         assert train(config("run", f"{server.url}/tokens.npy")) == 8  # resumes from step 4 ...
     assert _losses(tmp_path / "run")[5] == first[5]  # ... and redoes step 5 bitwise
+
+
+def test_bench_reports_local_streamed_and_cached_rates() -> None:
+    result = run_python("tools/bench_remote.py", "--config=configs/tiny.py", "--mb", "2", "--files", "2", "--batches",
+                        "6", "--warmup", "1", "--repeats", "2", "--latencies", "0", "30", "--cache", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["batch_shape"] == [2, 8, 128] and report["prefetch_depth"] == 8 and report["files"] == 2
+    rows = [(r["source"], r["latency_ms"], r["warm_cache"]) for r in report["results"]]
+    assert rows == [("local file", None, False), ("http", 0, False), ("http", 0, True), ("http", 30, False),
+                    ("http", 30, True)]
+    for r in report["results"]:
+        assert 0 < r["tokens_per_second_min"] <= r["tokens_per_second_median"] <= r["tokens_per_second_max"]
+    # 30 ms per request, one round trip per batch of 2 × 8 rows of 128 tokens: ~2048 / 0.03 tokens/s at best (×2
+    # for batches the prefetcher may have built before the clock started).
+    assert report["results"][3]["tokens_per_second_max"] < 2 * 2048 / 0.03
