@@ -44,11 +44,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.prefetch_depth < 1:
             raise DataError(f"data.prefetch_depth={self.prefetch_depth} must be at least 1.")
-        for name, minimum in (("remote_retries", 1), ("remote_concurrency", 1)):
-            if getattr(self, name) < minimum:
-                raise DataError(f"data.{name}={getattr(self, name)} must be at least {minimum}.")
-        if self.remote_backoff < 0:
-            raise DataError(f"data.remote_backoff={self.remote_backoff} must be ≥ 0 seconds.")
+        for name in ("remote_retries", "remote_backoff"):
+            if getattr(self, name) < 0:
+                raise DataError(f"data.{name}={getattr(self, name)} must be ≥ 0.")
+        if self.remote_concurrency < 1:
+            raise DataError(f"data.remote_concurrency={self.remote_concurrency} must be at least 1.")
         for name in ("remote_timeout", "cache_chunk_mb"):
             if getattr(self, name) <= 0:
                 raise DataError(f"data.{name}={getattr(self, name)} must be positive.")

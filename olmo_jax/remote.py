@@ -3,8 +3,10 @@
 A remote token file is never downloaded whole. Its size comes from the store: an HTTP HEAD for http(s)://; for gs://
 and s3://, whose object sizes tensorstore's Python API does not expose, a search with one-byte reads (a read past the
 end is OUT_OF_RANGE). A batch then reads only its rows' byte ranges, all issued at once. Transient failures (HTTP 5xx,
-408, 429, connection errors) are retried by tensorstore with exponential backoff and jitter; a request with no answer
-within the timeout is cancelled and re-issued. `ChunkCache` optionally keeps every byte read on local disk.
+408, 429, connection errors) and requests unanswered within the timeout are retried with exponential backoff and
+jitter. tensorstore retries too, but its schedule has no per-request timeout (a stalled connection would wait for
+ever), so it is set to its minimum, one immediate retry, and this module's loop does the rest. `ChunkCache`
+optionally keeps every byte read on local disk.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class RemoteError(ValueError):
 class RemoteOptions:
     """How remote files are read; DataConfig's data.remote_* and data.cache_* keys, validated there."""
 
-    retries: int = 8  # retries of a transient failure; tensorstore's max_retries (at least 1)
+    retries: int = 8  # retries of a transient failure or an unanswered request (0: none)
     backoff: float = 0.5  # seconds before the first retry, doubling after each (plus up to min(1 s, backoff) jitter)
     timeout: float = 60.0  # seconds a request may go unanswered before it is cancelled and re-issued
     concurrency: int = 64  # requests in flight at once (the 1B batch has 64 rows: one round trip per batch)
@@ -81,20 +83,21 @@ def kvstore_spec(url: str, s3_endpoint: str | None = None) -> dict[str, Any]:
     return spec
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.6f}s"
-
-
 def _context(options: RemoteOptions) -> ts.Context:
-    """One context for all files: the concurrency limit is shared, and retries are configured for every driver."""
-    retries = {"max_retries": options.retries, "initial_delay": _duration(options.backoff),
-               "max_delay": _duration(options.backoff * 2 ** (options.retries - 1))}
+    """One context for all files, so the concurrency limit is shared; tensorstore's retries at their minimum."""
+    immediate_retry = {"max_retries": 1, "initial_delay": "0s", "max_delay": "0s"}
     limit = {"limit": options.concurrency}
     spec: dict[str, Any] = {}
     for driver in ("http", "gcs", "s3"):
-        spec[f"{driver}_request_retries"] = retries
+        spec[f"{driver}_request_retries"] = immediate_retry
         spec[f"{driver}_request_concurrency"] = limit
     return ts.Context(spec)
+
+
+def _is_transient(error: ValueError) -> bool:
+    """What is worth retrying: tensorstore's own retry gave up ('ABORTED: All 1 retry attempts failed: ...'), or the
+    store is unavailable or slow."""
+    return bool(_RETRIED.match(str(error))) or _status(error) in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 def _status(error: BaseException) -> str:
@@ -182,7 +185,8 @@ class RemoteStore:
                           "URL, the host and the network, or raise data.remote_retries.")
 
     def _backoff(self, attempt: int) -> float:
-        """tensorstore's schedule: doubling from options.backoff, plus up to min(1 s, backoff) of jitter."""
+        """Delay before retry `attempt` + 1: doubling from options.backoff, plus up to min(1 s, backoff) of jitter
+        (tensorstore's schedule), so that many readers do not retry in step."""
         return self.options.backoff * 2**attempt + random.uniform(0, min(1.0, self.options.backoff))
 
     def _probe(self, url: str) -> int:
@@ -211,41 +215,47 @@ class RemoteStore:
         return self.size(url) if size is None else size
 
     def _read_ranges(self, ranges: Sequence[Range], out_of_range_is_none: bool = False) -> list[Any]:
-        """Issue every read at once; wait for all; re-issue those unanswered within options.timeout, at most
-        options.retries times. Failures that tensorstore's own retries did not cure are final."""
+        """Issue every read at once and wait for all; re-issue those that failed transiently or went unanswered for
+        options.timeout seconds, after a backoff, at most options.retries times. Other failures are final."""
         results: list[Any] = [None] * len(ranges)
         pending = list(range(len(ranges)))
+        cause = ""
         for attempt in range(self.options.retries + 1):
+            if attempt:
+                time.sleep(self._backoff(attempt - 1))
             futures = [(i, self._store(ranges[i][0]).read(b"", byte_range=slice(ranges[i][1], ranges[i][2])))
                        for i in pending]
             deadline = time.monotonic() + self.options.timeout
-            late = []
+            failed = []
             try:
                 for i, future in futures:
                     try:
                         result = future.result(timeout=max(0.0, deadline - time.monotonic()))
                     except TimeoutError:
                         future.cancel()
-                        late.append(i)
+                        failed.append(i)
+                        cause = f"no answer within data.remote_timeout={self.options.timeout} s"
                         continue
                     except ValueError as e:
                         if out_of_range_is_none and _status(e) == "OUT_OF_RANGE":
                             continue
-                        raise self._error(ranges[i], e) from None
+                        if not _is_transient(e):
+                            raise self._error(ranges[i], e) from None
+                        failed.append(i)
+                        cause = _RETRIED.sub("", str(e))
+                        continue
                     results[i] = self._value(ranges[i], result)
             except BaseException:
                 for _, future in futures:
                     future.cancel()
                 raise
-            if not late:
+            if not failed:
                 return results
-            pending = late
-            if attempt < self.options.retries:
-                time.sleep(self._backoff(attempt))
+            pending = failed
         url, start, stop = ranges[pending[0]]
-        raise RemoteError(f"No answer from {url} for bytes [{start}, {stop}) within data.remote_timeout="
-                          f"{self.options.timeout} s, {self.options.retries + 1} times; the store is unreachable or "
-                          "overloaded.")
+        retries = f"{self.options.retries} {'retry' if self.options.retries == 1 else 'retries'}"
+        raise RemoteError(f"Reading bytes [{start}, {stop}) of {url} failed after {retries}: {cause}. Check the store, "
+                          "or raise data.remote_retries.")
 
     @staticmethod
     def _value(where: Range, result: ts.KvStore.ReadResult) -> bytes:
@@ -265,12 +275,6 @@ class RemoteStore:
         if status == "OUT_OF_RANGE":
             return RemoteError(f"Bytes [{start}, {stop}) lie beyond the end of {url}; has the file changed since the "
                                f"run started? ({message})")
-        retried = _RETRIED.match(message)  # tensorstore's "ABORTED: All N retry attempts failed: <last error>"
-        if retried:
-            n = self.options.retries
-            return RemoteError(f"Reading bytes [{start}, {stop}) of {url} failed after {n} "
-                               f"{'retry' if n == 1 else 'retries'}: {message[retried.end():]}. Check the store, or "
-                               "raise data.remote_retries.")
         return RemoteError(f"Reading bytes [{start}, {stop}) of {url} failed: {message}")
 
 
