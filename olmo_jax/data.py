@@ -331,6 +331,9 @@ class _Failure:
 
 _DONE = object()
 _POLL_S = 0.1  # how often a blocked put/get rechecks for shutdown; bounds the latency of close() and Ctrl-C
+# How long close() waits for a batch being built. A remote read stalled on a dead connection may take retries ×
+# data.remote_timeout; a SIGTERM'd run must not wait for it (its checkpoint is already saved).
+_JOIN_S = 5.0
 
 
 class Prefetcher:
@@ -338,7 +341,8 @@ class Prefetcher:
 
     An exception raised while building a batch is re-raised in the consuming thread by the `next()` that would have
     returned that batch. `close()` (also on leaving a `with` block) stops the thread even when it is blocked on a
-    full queue, and joins it; being a daemon, a forgotten one never holds up interpreter exit.
+    full queue, and joins it (a thread still building a batch after a few seconds, e.g. in a stalled remote read, is
+    left to finish on its own and deliver nothing); being a daemon, a forgotten one never holds up interpreter exit.
     """
 
     def __init__(self, make: Callable[[int], Any], steps: range, depth: int) -> None:
@@ -397,7 +401,7 @@ class Prefetcher:
         raise StopIteration
 
     def close(self) -> None:
-        """Stop the thread and wait for it (at most about one batch's build time)."""
+        """Stop the thread and wait for it: at most one batch's build time, and at most _JOIN_S seconds."""
         self._stop.set()
         self._finished = True
         while True:  # free a slot so a put in progress returns at once
@@ -406,7 +410,7 @@ class Prefetcher:
             except queue.Empty:
                 break
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout=_JOIN_S)
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -16,6 +16,7 @@ import pytest
 from conftest import run_python
 from test_data import T, expected_rows, numbered_files
 
+from olmo_jax import data
 from olmo_jax.data import Batches, DataConfig, DataError, TokenFiles
 from olmo_jax.remote import RemoteError, RemoteOptions, RemoteStore, is_url, kvstore_spec
 from tools.range_server import RangeServer
@@ -184,6 +185,19 @@ def test_unanswered_requests_are_reissued_then_given_up(server: RangeServer) -> 
     with pytest.raises(DataError, match=rf"^Reading bytes \[160, 192\) of {server.url}/part-0\.npy failed after 2 "
                                         r"retries: no answer within data\.remote_timeout=0\.3 s\. Check the store"):
         files.read(np.array([5]))
+
+
+def test_closing_does_not_wait_for_a_stalled_read(server: RangeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "_JOIN_S", 0.3)
+    batches = Batches(TokenFiles(urls(server), "uint16", T, remote=FAST), 6198, 8, 2)
+    server.fail(None, delay=2.0)  # every request hangs for 2 s, well within the 10 s timeout
+    it = batches.prefetch(0, 10, depth=2)
+    time.sleep(0.2)  # the thread is waiting for batch 0's rows
+    start = time.monotonic()
+    it.close()  # e.g. SIGTERM: the checkpoint is saved, the run must exit now
+    assert time.monotonic() - start < 1.0
+    with pytest.raises(StopIteration):
+        next(it)
 
 
 def test_errors_name_the_url(server: RangeServer, data_dir: Path) -> None:
