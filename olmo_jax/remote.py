@@ -106,7 +106,7 @@ def _status(error: BaseException) -> str:
     return match.group(1) if match else ""
 
 
-def credentials_message(url: str, cause: str) -> str:
+def _credentials_message(url: str, cause: str) -> str:
     return (f"Credentials expired or missing for {url}: {cause}. For gs:// set GOOGLE_APPLICATION_CREDENTIALS or run "
             "`gcloud auth application-default login`; for s3:// set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
             "AWS_SESSION_TOKEN) or AWS_PROFILE; a signed http(s) URL may have expired.")
@@ -168,7 +168,10 @@ class RemoteStore:
             try:
                 with urllib.request.urlopen(request, timeout=self.options.timeout) as response:
                     length = response.headers.get("Content-Length")
-                    return int(length) if length is not None else None
+                    ranges = response.headers.get("Accept-Ranges", "").lower()
+                if ranges != "bytes":  # not advertised (optional in HTTP): ask for one byte to be sure
+                    self._check_ranges(url)
+                return int(length) if length is not None else None
             except urllib.error.HTTPError as e:
                 if e.code == 404:
                     raise RemoteError(f"{url} was not found (HTTP 404); check the URL in data.paths.") from None
@@ -184,6 +187,16 @@ class RemoteStore:
         raise RemoteError(f"Cannot get the size of {url}: {attempts} attempts failed, the last with {cause}. Check the "
                           "URL, the host and the network, or raise data.remote_retries.")
 
+    def _check_ranges(self, url: str) -> None:
+        """A server that ignores Range would send the whole file for every row: refuse it."""
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+        with urllib.request.urlopen(request, timeout=self.options.timeout) as response:
+            status = response.status  # closing without reading the body drops the connection, not the file
+        if status != 206:
+            raise RemoteError(f"{url} does not answer byte-range requests (HTTP {status} to `Range: bytes=0-0`), so "
+                              "every row would download the whole file; download it and give the local path, or "
+                              "serve it with a server that supports ranges.")
+
     def _backoff(self, attempt: int) -> float:
         """Delay before retry `attempt` + 1: doubling from options.backoff, plus up to min(1 s, backoff) of jitter
         (tensorstore's schedule), so that many readers do not retry in step."""
@@ -194,7 +207,8 @@ class RemoteStore:
         lo, hi = 0, _MAX_SIZE  # byte lo - 1 exists (or lo = 0); byte hi does not
         while lo < hi:
             points = sorted({lo + (hi - lo) * j // (_PROBE_FANOUT + 1) for j in range(1, _PROBE_FANOUT + 1)})
-            for point, value in zip(points, self._read_ranges([(url, p, p + 1) for p in points], True), strict=True):
+            found = self._read_ranges([(url, p, p + 1) for p in points], out_of_range_is_none=True)
+            for point, value in zip(points, found, strict=True):
                 if value is None:
                     hi = min(hi, point)
                 else:
@@ -271,7 +285,7 @@ class RemoteStore:
         url, start, stop = where
         status, message = _status(error), str(error)
         if status in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-            return RemoteError(credentials_message(url, message))
+            return RemoteError(_credentials_message(url, message))
         if status == "OUT_OF_RANGE":
             return RemoteError(f"Bytes [{start}, {stop}) lie beyond the end of {url}; has the file changed since the "
                                f"run started? ({message})")
@@ -366,5 +380,4 @@ def _read_part(path: Path, start: int, stop: int) -> bytes:
     return data
 
 
-__all__ = ["SCHEMES", "ChunkCache", "RemoteError", "RemoteOptions", "RemoteStore", "credentials_message", "is_url",
-           "kvstore_spec"]
+__all__ = ["SCHEMES", "ChunkCache", "RemoteError", "RemoteOptions", "RemoteStore", "is_url", "kvstore_spec"]

@@ -219,6 +219,13 @@ def test_errors_name_the_url(server: RangeServer, data_dir: Path) -> None:
         TokenFiles([closed], "uint16", T, remote=FAST)
     with pytest.raises(DataError, match=r"unsupported URL scheme ftp://"):
         TokenFiles(["ftp://host/x.npy"], "uint16", T)
+    server.ranges = False  # a server that would send the whole file for every row
+    try:
+        with pytest.raises(DataError, match=rf"^{server.url}/part-0\.npy does not answer byte-range requests \(HTTP "
+                                            r"200 to `Range: bytes=0-0`\)"):
+            TokenFiles(urls(server), "uint16", T, remote=FAST)
+    finally:
+        server.ranges = True
     files = TokenFiles(urls(server), "uint16", T, remote=FAST)
     server.fail(404, name="part-2.npy")  # deleted mid-run
     with pytest.raises(DataError, match=rf"^{server.url}/part-2\.npy was not found"):

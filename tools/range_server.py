@@ -60,6 +60,7 @@ class RangeServer:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, file name, Range header)
         self.faults: list[Fault] = []
         self.stopped = False
+        self.ranges = True  # False: ignore Range headers and advertise none, as `python -m http.server` does
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
@@ -165,10 +166,12 @@ def _handler(server: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                 return self._status(404)
             stat = path.stat()
             size, stamp = stat.st_size, stat.st_mtime_ns
-            headers = {"Accept-Ranges": "bytes", "ETag": f'"{size}-{stamp}"', "x-goog-generation": str(stamp),
+            headers = {"ETag": f'"{size}-{stamp}"', "x-goog-generation": str(stamp),
                        "Content-Type": "application/octet-stream"}
+            if server.ranges:
+                headers["Accept-Ranges"] = "bytes"
             start, stop, code = 0, size, 200
-            match = _RANGE.fullmatch(self.headers.get("Range", ""))
+            match = _RANGE.fullmatch(self.headers.get("Range", "")) if server.ranges else None
             if match:
                 first, last = match.groups()
                 start, stop = (size - int(last), size) if not first else (int(first), int(last) + 1 if last else size)
