@@ -207,7 +207,7 @@ class RemoteStore:
         lo, hi = 0, _MAX_SIZE  # byte lo - 1 exists (or lo = 0); byte hi does not
         while lo < hi:
             points = sorted({lo + (hi - lo) * j // (_PROBE_FANOUT + 1) for j in range(1, _PROBE_FANOUT + 1)})
-            found = self._read_ranges([(url, p, p + 1) for p in points], out_of_range_is_none=True)
+            found = self._read_ranges([(url, p, p + 1) for p in points], probe=True)
             for point, value in zip(points, found, strict=True):
                 if value is None:
                     hi = min(hi, point)
@@ -228,9 +228,12 @@ class RemoteStore:
             size = self._sizes.get(url)
         return self.size(url) if size is None else size
 
-    def _read_ranges(self, ranges: Sequence[Range], out_of_range_is_none: bool = False) -> list[Any]:
+    def _read_ranges(self, ranges: Sequence[Range], probe: bool = False) -> list[Any]:
         """Issue every read at once and wait for all; re-issue those that failed transiently or went unanswered for
-        options.timeout seconds, after a backoff, at most options.retries times. Other failures are final."""
+        options.timeout seconds, after a backoff, at most options.retries times. Other failures are final.
+
+        probe: one-byte reads of the size search; a read past the end gives None, and errors speak of the size.
+        """
         results: list[Any] = [None] * len(ranges)
         pending = list(range(len(ranges)))
         cause = ""
@@ -251,10 +254,10 @@ class RemoteStore:
                         cause = f"no answer within data.remote_timeout={self.options.timeout} s"
                         continue
                     except ValueError as e:
-                        if out_of_range_is_none and _status(e) == "OUT_OF_RANGE":
+                        if probe and _status(e) == "OUT_OF_RANGE":
                             continue
                         if not _is_transient(e):
-                            raise self._error(ranges[i], e) from None
+                            raise self._error(ranges[i], e, probe) from None
                         failed.append(i)
                         cause = _RETRIED.sub("", str(e))
                         continue
@@ -266,10 +269,9 @@ class RemoteStore:
             if not failed:
                 return results
             pending = failed
-        url, start, stop = ranges[pending[0]]
         retries = f"{self.options.retries} {'retry' if self.options.retries == 1 else 'retries'}"
-        raise RemoteError(f"Reading bytes [{start}, {stop}) of {url} failed after {retries}: {cause}. Check the store, "
-                          "or raise data.remote_retries.")
+        raise RemoteError(f"{_doing(ranges[pending[0]], probe)} failed after {retries}: {cause}. Check the store, or "
+                          "raise data.remote_retries.")
 
     @staticmethod
     def _value(where: Range, result: ts.KvStore.ReadResult) -> bytes:
@@ -281,7 +283,7 @@ class RemoteStore:
             raise RemoteError(f"{url} returned {len(value)} bytes for bytes [{start}, {stop}).")
         return value
 
-    def _error(self, where: Range, error: ValueError) -> RemoteError:
+    def _error(self, where: Range, error: ValueError, probe: bool) -> RemoteError:
         url, start, stop = where
         status, message = _status(error), str(error)
         if status in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
@@ -289,7 +291,7 @@ class RemoteStore:
         if status == "OUT_OF_RANGE":
             return RemoteError(f"Bytes [{start}, {stop}) lie beyond the end of {url}; has the file changed since the "
                                f"run started? ({message})")
-        return RemoteError(f"Reading bytes [{start}, {stop}) of {url} failed: {message}")
+        return RemoteError(f"{_doing(where, probe)} failed: {message}")
 
 
 class ChunkCache:
@@ -363,6 +365,11 @@ class ChunkCache:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
             raise RemoteError(f"Cannot write the data cache (data.cache_dir={self.directory}): {e}") from None
+
+
+def _doing(where: Range, probe: bool) -> str:
+    url, start, stop = where
+    return f"Finding the size of {url} (one-byte reads)" if probe else f"Reading bytes [{start}, {stop}) of {url}"
 
 
 def _has_size(path: Path, length: int) -> bool:

@@ -48,6 +48,13 @@ def server(module_server: RangeServer) -> Iterator[RangeServer]:
     module_server.clear_faults()
 
 
+def closed_port() -> int:
+    """A port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def local_paths(data_dir: Path) -> list[str]:
     return [str(data_dir / f"part-{f}.npy") for f in range(3)]
 
@@ -139,6 +146,14 @@ def test_gs_and_s3_urls_read_through_their_drivers(server: RangeServer, data_dir
         names = {name for _, name, _ in server.requests[before:]}  # s3 also asks for the bucket itself
         assert {f"bucket/dir/part-{f}.npy" for f in range(3)} <= names <= {"bucket", *(f"bucket/dir/part-{f}.npy"
                                                                                         for f in range(3))}
+        server.fail(403, name="bucket/dir/part-1.npy")
+        with pytest.raises(DataError, match=rf"^Credentials expired or missing for {scheme}://bucket/dir/part-1\.npy"):
+            TokenFiles([f"{scheme}://bucket/dir/part-1.npy"], "uint16", T, remote=options)
+        server.clear_faults()
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(DataError, match=r"^Finding the size of gs://bucket/dir/part-0\.npy \(one-byte reads\) failed "
+                                        r"after 2 retries: CURL error Could not connect"):
+        TokenFiles(["gs://bucket/dir/part-0.npy"], "uint16", T, remote=FAST)
 
 
 def test_a_server_without_head_is_sized_by_ranged_reads(server: RangeServer, data_dir: Path) -> None:
@@ -211,9 +226,7 @@ def test_errors_name_the_url(server: RangeServer, data_dir: Path) -> None:
                                             r"PERMISSION_DENIED.*GOOGLE_APPLICATION_CREDENTIALS.*AWS_ACCESS_KEY_ID"):
             TokenFiles(urls(server), "uint16", T, remote=FAST)
         server.clear_faults()
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/part-0.npy"
+    closed = f"http://127.0.0.1:{closed_port()}/part-0.npy"
     with pytest.raises(DataError, match=rf"^Cannot get the size of {closed}: 3 attempts failed, the last with cannot "
                                         r"reach the server: \[Errno 111\] Connection refused"):
         TokenFiles([closed], "uint16", T, remote=FAST)
