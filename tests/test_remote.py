@@ -192,10 +192,10 @@ def test_persistent_500_is_one_error_after_the_retries(server: RangeServer) -> N
 def test_unanswered_requests_are_reissued_then_given_up(server: RangeServer) -> None:
     options = RemoteOptions(retries=2, backoff=0.001, timeout=0.3)
     files = TokenFiles(urls(server), "uint16", T, remote=options)
-    server.fail(None, name="part-0.npy", times=1, delay=1.0)  # the first read stalls, its re-issue is answered
+    server.fail(None, name="part-0.npy", times=1, delay=3.0)  # the first read stalls, its re-issue is answered
     start = time.monotonic()
     np.testing.assert_array_equal(files.read(np.array([5])), expected_rows(np.array([5])))
-    assert time.monotonic() - start < 0.9
+    assert time.monotonic() - start < 2.5
     server.fail(None, name="part-0.npy", delay=1.0)
     with pytest.raises(DataError, match=rf"^Reading bytes \[160, 192\) of {server.url}/part-0\.npy failed after 2 "
                                         r"retries: no answer within data\.remote_timeout=0\.3 s\. Check the store"):
@@ -205,12 +205,12 @@ def test_unanswered_requests_are_reissued_then_given_up(server: RangeServer) -> 
 def test_closing_does_not_wait_for_a_stalled_read(server: RangeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "_JOIN_S", 0.3)
     batches = Batches(TokenFiles(urls(server), "uint16", T, remote=FAST), 6198, 8, 2)
-    server.fail(None, delay=2.0)  # every request hangs for 2 s, well within the 10 s timeout
+    server.fail(None, delay=5.0)  # every request hangs for 5 s, well within the 10 s timeout
     it = batches.prefetch(0, 10, depth=2)
     time.sleep(0.2)  # the thread is waiting for batch 0's rows
     start = time.monotonic()
     it.close()  # e.g. SIGTERM: the checkpoint is saved, the run must exit now
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0
     with pytest.raises(StopIteration):
         next(it)
 
