@@ -92,7 +92,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.paths = ("data/dolma/part-001-00000.npy",)  # recipe: --data.paths (tools/download_data.py fetches it)
     c.data.memmap_dtype = "uint16"  # OLMo default: data.memmap_dtype
     c.data.seed = none_or(int)  # OLMo default: None → seed
-    c.data.prefetch_depth = 8  # ours: batches prepared ahead by a background thread
+    c.data.prefetch_depth = 8  # ours: batches prepared ahead by a background thread (remote: depth × step ≥ stall)
+    # ours, for http(s)://, gs:// and s3:// URLs in data.paths (README: "Remote data"):
+    c.data.remote_retries = 8  # retries of a failed request (5xx, 408, 429, connection errors, timeouts)
+    c.data.remote_backoff = 0.5  # seconds before the first retry, doubling each time (8 retries: ~2 min in all)
+    c.data.remote_timeout = 60.0  # seconds a request may go unanswered before it is re-issued
+    c.data.remote_concurrency = 64  # requests in flight at once: the 64 rows of a 1B batch in one round trip
+    c.data.s3_endpoint = none_or(str)  # an S3-compatible server for s3:// URLs (MinIO, R2, ...); None: AWS
+    c.data.cache_dir = none_or(str)  # keep every remote byte read on local disk here, for later epochs and restarts
+    c.data.cache_chunk_mb = 1.0  # cache granularity: a row not yet cached fetches its whole chunk
     # OLMo: tokenizer.identifier; OLMo-1B.yaml names the ids-identical pii-special twin (spec §10). Name or file.
     c.data.tokenizer = "allenai_gpt-neox-olmo-dolma-v1_5"
     c.data.stdlib_corpus = False  # ours: build data.paths[0] from the Python standard library when missing

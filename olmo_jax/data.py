@@ -1,5 +1,5 @@
 """Training data read exactly as OLMo reads it (olmo_spec.md §5): token files, global order, per-process rows,
-and a prefetching iterator.
+and a prefetching iterator. Token files may be local or at http(s)://, gs:// and s3:// URLs (olmo_jax/remote.py).
 
 Dimension letters: A gradient-accumulation (micro) steps, R rows of one micro-step (all devices, or this process's
 share), T sequence length.
@@ -19,22 +19,48 @@ from typing import Any
 
 import numpy as np
 
+from olmo_jax.remote import RemoteError, RemoteOptions, RemoteStore, is_url
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """OLMo's DataConfig fields for memmap token files, plus how we prefetch."""
+    """OLMo's DataConfig fields for memmap token files, plus how we prefetch and read remote files."""
 
-    paths: tuple[str, ...] = ()  # token files, read in this order (OLMo: data.paths)
+    paths: tuple[str, ...] = ()  # token files or http(s)://, gs://, s3:// URLs, read in this order (OLMo: data.paths)
     memmap_dtype: str = "uint16"  # OLMo: data.memmap_dtype (uint32 for vocabularies above 65,536)
     seed: int | None = None  # OLMo: data.seed; None → the run's seed
-    prefetch_depth: int = 8  # batches built ahead by the background thread
+    # Batches built ahead by the background thread. Remote files: depth × step time must cover the longest stall of
+    # a read (latency plus retries' backoff); 8 × the 1B step (~2 s on one H200) rides out a 16 s stall.
+    prefetch_depth: int = 8
     tokenizer: str = "allenai_gpt-neox-olmo-dolma-v1_5"  # OLMo: tokenizer.identifier (a known name or a file)
     # Build data.paths[0] (and its sibling heldout.npy) from the Python standard library if missing (quickstart).
     stdlib_corpus: bool = False
+    remote_retries: int = 8  # retries of a failed remote request (5xx, 408, 429, connection errors, timeouts)
+    remote_backoff: float = 0.5  # seconds before the first retry, doubling (8 retries: up to ~2 min in all)
+    remote_timeout: float = 60.0  # seconds a remote request may go unanswered before it is re-issued
+    remote_concurrency: int = 64  # remote requests in flight at once (a 1B batch is 64 rows: one round trip)
+    s3_endpoint: str | None = None  # an S3-compatible server for s3:// URLs (MinIO, R2, ...); None: AWS
+    cache_dir: str | None = None  # keep every remote byte read on local disk here; None: no cache
+    cache_chunk_mb: float = 1.0  # cache granularity: a cold row read fetches its whole chunk
 
     def __post_init__(self) -> None:
         if self.prefetch_depth < 1:
             raise DataError(f"data.prefetch_depth={self.prefetch_depth} must be at least 1.")
+        for name in ("remote_retries", "remote_backoff"):
+            if getattr(self, name) < 0:
+                raise DataError(f"data.{name}={getattr(self, name)} must be ≥ 0.")
+        if self.remote_concurrency < 1:
+            raise DataError(f"data.remote_concurrency={self.remote_concurrency} must be at least 1.")
+        for name in ("remote_timeout", "cache_chunk_mb"):
+            if getattr(self, name) <= 0:
+                raise DataError(f"data.{name}={getattr(self, name)} must be positive.")
+
+    def remote_options(self) -> RemoteOptions:
+        return RemoteOptions(
+            retries=self.remote_retries, backoff=self.remote_backoff, timeout=self.remote_timeout,
+            concurrency=self.remote_concurrency, s3_endpoint=self.s3_endpoint, cache_dir=self.cache_dir,
+            cache_chunk_bytes=max(1, round(self.cache_chunk_mb * 2**20)),
+        )
 
 
 class DataError(ValueError):
@@ -49,12 +75,15 @@ def _describe(paths: Sequence[str]) -> str:
 class TokenFiles:
     """Instances of `seq_len` tokens over OLMo token files, concatenated in the given order (§5.1).
 
-    Each file is a headerless raw array (despite the `.npy` name), read with np.memmap; instances never span files and
-    a file's leftover tokens are dropped. Global instance g lives in file f at local index g − offsets[f].
-    Reading is thread-safe; at most `max_open_files` files are mapped at once (each mapping holds a file descriptor).
+    Each file is a headerless raw array (despite the `.npy` name); instances never span files and a file's leftover
+    tokens are dropped. Global instance g lives in file f at local index g − offsets[f]. Local files are read with
+    np.memmap, at most `max_open_files` mapped at once (each mapping holds a file descriptor); a path that is a URL
+    is read by byte ranges through `RemoteStore` with `remote` options, a batch's rows from all URLs at once.
+    Reading is thread-safe.
     """
 
-    def __init__(self, paths: Sequence[str | Path], dtype: str, seq_len: int, max_open_files: int = 128) -> None:
+    def __init__(self, paths: Sequence[str | Path], dtype: str, seq_len: int, max_open_files: int = 128,
+                 remote: RemoteOptions | None = None) -> None:
         if isinstance(paths, str | Path):
             paths = [paths]
         if not paths:
@@ -69,12 +98,22 @@ class TokenFiles:
             raise DataError(f"Instance length (model.max_sequence_length) {seq_len} must be positive.")
         self.paths = tuple(str(p) for p in paths)
         self.seq_len = seq_len
+        self.is_remote = np.array([is_url(p) for p in self.paths])
+        urls = sorted({p for p in self.paths if is_url(p)})
+        self._store = RemoteStore(remote) if urls else None
+        try:
+            remote_sizes = dict(zip(urls, self._store.sizes(urls), strict=True)) if urls else {}
+        except RemoteError as e:
+            raise DataError(str(e)) from None
         sizes, counts = [], []
         for path in self.paths:
-            if not os.path.isfile(path):
+            if path in remote_sizes:
+                size = remote_sizes[path]
+            elif not os.path.isfile(path):
                 raise DataError(f"Token file {path} does not exist (data.paths); check the path, or create it with "
                                 "tools/prepare_data.py.")
-            size = os.path.getsize(path)
+            else:
+                size = os.path.getsize(path)
             if size % self.dtype.itemsize:
                 raise DataError(
                     f"Token file {path} has {size} bytes, not a multiple of {self.dtype.itemsize} "
@@ -122,18 +161,33 @@ class TokenFiles:
             raise IndexError(f"Instance indices must be in [0, {self.num_instances}); got {flat.min()}..{flat.max()}.")
         files = np.searchsorted(self.offsets, flat, side="right") - 1
         out = np.empty((flat.size, self.seq_len), np.int32)
-        if flat.size and files[0] == files[-1] and (files == files[0]).all():
+        if flat.size and files[0] == files[-1] and (files == files[0]).all() and not self.is_remote[files[0]]:
             f = int(files[0])
             # One fancy-indexed gather from the mapping, then one widening copy (numpy releases the GIL for both).
             np.copyto(out, self._instances_of(f)[flat - self.offsets[f]], casting="unsafe")
         else:
-            for f in np.unique(files):
+            remote = self.is_remote[files]
+            for f in np.unique(files[~remote]):
                 rows = np.flatnonzero(files == f)
                 out[rows] = self._instances_of(int(f))[flat[rows] - self.offsets[f]]
+            if remote.any():
+                rows = np.flatnonzero(remote)
+                out[rows] = self._read_remote(files[rows], flat[rows])
         return out.reshape(*shape, self.seq_len)
 
+    def _read_remote(self, files: np.ndarray, instances: np.ndarray) -> np.ndarray:
+        """Rows of remote files as one request per row, all in flight together → [rows, T] of the file dtype."""
+        row_bytes = self.seq_len * self.dtype.itemsize
+        starts = (instances - self.offsets[files]) * row_bytes
+        ranges = [(self.paths[f], int(s), int(s) + row_bytes) for f, s in zip(files, starts, strict=True)]
+        try:
+            data = self._store.read(ranges)
+        except RemoteError as e:
+            raise DataError(str(e)) from None
+        return np.frombuffer(b"".join(data), self.dtype).reshape(len(ranges), self.seq_len)
+
     def fingerprint(self) -> dict[str, object]:
-        """What identifies the data: paths, byte sizes, dtype and instance length."""
+        """What identifies the data: paths (URLs for remote files), byte sizes, dtype and instance length."""
         return {"paths": list(self.paths), "sizes": list(self.sizes), "memmap_dtype": self.dtype.name,
                 "seq_len": self.seq_len}
 
@@ -279,6 +333,9 @@ class _Failure:
 
 _DONE = object()
 _POLL_S = 0.1  # how often a blocked put/get rechecks for shutdown; bounds the latency of close() and Ctrl-C
+# How long close() waits for a batch being built. A remote read stalled on a dead connection may take retries ×
+# data.remote_timeout; a SIGTERM'd run must not wait for it (its checkpoint is already saved).
+_JOIN_S = 5.0
 
 
 class Prefetcher:
@@ -286,7 +343,8 @@ class Prefetcher:
 
     An exception raised while building a batch is re-raised in the consuming thread by the `next()` that would have
     returned that batch. `close()` (also on leaving a `with` block) stops the thread even when it is blocked on a
-    full queue, and joins it; being a daemon, a forgotten one never holds up interpreter exit.
+    full queue, and joins it (a thread still building a batch after a few seconds, e.g. in a stalled remote read, is
+    left to finish on its own and deliver nothing); being a daemon, a forgotten one never holds up interpreter exit.
     """
 
     def __init__(self, make: Callable[[int], Any], steps: range, depth: int) -> None:
@@ -345,7 +403,7 @@ class Prefetcher:
         raise StopIteration
 
     def close(self) -> None:
-        """Stop the thread and wait for it (at most about one batch's build time)."""
+        """Stop the thread and wait for it: at most one batch's build time, and at most _JOIN_S seconds."""
         self._stop.set()
         self._finished = True
         while True:  # free a slot so a put in progress returns at once
@@ -354,7 +412,7 @@ class Prefetcher:
             except queue.Empty:
                 break
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout=_JOIN_S)
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -127,7 +127,8 @@ class Run:
         self.mesh = make_mesh(config.mesh)
         self.layout = Layout.of(config, self.mesh.size)
         model = config.model
-        self.files = TokenFiles(config.data.paths, config.data.memmap_dtype, model.max_sequence_length)
+        self.files = TokenFiles(config.data.paths, config.data.memmap_dtype, model.max_sequence_length,
+                                remote=config.data.remote_options())
         self.seed = config.data.seed if config.data.seed is not None else config.seed
         self.batches = Batches(
             self.files, self.seed, self.layout.global_batch, self.layout.grad_accum, dp_world_size=self.mesh.size,

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if G % (W * config.device_train_microbatch_size):
             raise DataError(f"global_train_batch_size={G} is not a multiple of dp_world_size × "
                             f"device_train_microbatch_size = {W} × {config.device_train_microbatch_size}.")
-        files = TokenFiles(config.data.paths, config.data.memmap_dtype, m.max_sequence_length)
+        files = TokenFiles(config.data.paths, config.data.memmap_dtype, m.max_sequence_length,
+                           remote=config.data.remote_options())
         batches = Batches(files, config.data.seed if config.data.seed is not None else config.seed, G,
                           G // (W * config.device_train_microbatch_size), W, vocab_size=m.vocab_size)
         tokenizer = Tokenizer.load(config.data.tokenizer, m.eos_token_id, m.pad_token_id)
