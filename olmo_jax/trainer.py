@@ -20,7 +20,7 @@ from tqdm import tqdm
 from olmo_jax import hf
 from olmo_jax.checkpoint import Checkpointer, CheckpointError, package_versions, resolve
 from olmo_jax.config import ConfigError, TrainConfig
-from olmo_jax.data import Batches, TokenFiles
+from olmo_jax.data import Batches, DataError, TokenFiles
 from olmo_jax.model import ModelConfig
 from olmo_jax.monitor import MetricsWriter, SpeedMonitor, console_line
 from olmo_jax.optim import lr_schedule, make_optimizer
@@ -257,7 +257,10 @@ def train(config: TrainConfig) -> int:
         if start >= config.last_step:
             print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
             return start
-        step, metrics = _loop(run, state, start, writer, speed)
+        try:
+            step, metrics = _loop(run, state, start, writer, speed)
+        except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
+            raise DataError(f"{e}\nThe run stopped; {_last_good(run)}.") from e
         if run.is_main and "train/loss" in metrics:
             versus = f" (corpus unigram entropy {entropy:.3f} nats)" if entropy is not None else ""
             print(f"Finished at step {step}: loss {metrics['train/loss']:.4f}{versus}; checkpoints in "
@@ -334,13 +337,19 @@ def _raise_if_unhealthy(run: Run, step: int, healthy: jax.Array, metrics: dict[s
     if bool(healthy):
         return
     loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
-    last_good = run.checkpointer.latest_step()
-    where = f"step {last_good} in {run.checkpointer.directory}" if last_good is not None else "none (no checkpoint)"
     raise TrainingError(
         f"Non-finite training signal at step {step}: loss={loss}, grad_norm={grad_norm}. The run stopped before "
-        f"applying that update; the last good checkpoint is {where}. Lower optimizer.learning_rate, check the data "
-        "at this step (tools/inspect_data.py), or enable softmax_auxiliary_loss (z-loss)."
+        f"applying that update; {_last_good(run)}. Lower optimizer.learning_rate, check the data at this step "
+        "(tools/inspect_data.py), or enable softmax_auxiliary_loss (z-loss)."
     )
+
+
+def _last_good(run: Run) -> str:
+    run.checkpointer.wait()
+    step = run.checkpointer.latest_step()
+    if step is None:
+        return "there is no checkpoint yet"
+    return f"the last good checkpoint is step {step} in {run.checkpointer.directory}; rerun the command to resume"
 
 
 def _wandb_kwargs(config: TrainConfig) -> dict[str, Any]:
