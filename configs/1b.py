@@ -26,6 +26,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.save_num_checkpoints_to_keep = 9  # OLMo-1B.yaml: save_num_checkpoints_to_keep
     c.load_path = none_or(str)  # OLMo: load_path (a checkpoint or an HF directory)
     c.console_log_interval = 10  # OLMo: console_log_interval
+    c.tokenizer = none_or(str)  # ours: tokenizer.json / HF dir / known name; None → OLMo-1B's (olmo_jax/tokenizer.py)
+    c.eval_interval = 2000  # recipe: --eval_interval=2000
+    c.device_eval_batch_size = 8  # OLMo-1B.yaml: device_eval_batch_size
+    # The recipe's downstream table (olmo_spec.md §8.2; metric per task: hellaswag and openbook_qa len_norm, the
+    # others acc). OLMo-1B.yaml also runs piqa, rte, commitment_bank, mrpc and sst2; add them as more entries.
+    # A held-out perplexity set is one more entry: dict(label="c4_en", type="perplexity", paths=("val.npy",)).
+    c.evaluators = tuple(
+        dict(label=task) for task in ("hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa")
+    )
 
     c.model = ml_collections.ConfigDict()
     c.model.d_model = 2048  # OLMo-1B.yaml: d_model

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import ml_collections
 
 from olmo_jax.data import DataConfig
+from olmo_jax.evaluate import EvaluatorConfig
 from olmo_jax.model import ModelConfig
 from olmo_jax.optim import OptimizerConfig, SchedulerConfig
 
@@ -50,12 +51,17 @@ class TrainConfig:
     save_num_checkpoints_to_keep: int = 3
     load_path: str | None = None
     console_log_interval: int = 10
+    tokenizer: str | None = None  # a tokenizer.json, an HF directory or a known name; None → the default (OLMo-1B's)
+    evaluators: tuple[EvaluatorConfig, ...] = ()  # run every eval_interval steps and at the end (olmo_jax/evaluate.py)
+    eval_interval: int = 1000
+    device_eval_batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.precision not in Precision.__args__:
             raise ConfigError(f"precision={self.precision!r} must be one of {list(Precision.__args__)}.")
         for name in ("max_duration", "global_train_batch_size", "device_train_microbatch_size", "save_interval",
-                     "console_log_interval", "save_num_checkpoints_to_keep"):
+                     "console_log_interval", "save_num_checkpoints_to_keep", "eval_interval",
+                     "device_eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive.")
         if self.global_train_batch_size % self.device_train_microbatch_size:
