@@ -236,8 +236,12 @@ def score(task: Task, requests: Requests, loglikelihoods: np.ndarray) -> float:
     if task.metric == "len_norm":
         with np.errstate(divide="ignore", invalid="ignore"):  # OLMo divides as is; no dataset has a 0-char answer
             values = loglikelihoods / requests.cont_chars
+    # A (doc, continuation) pair counts once, with its first score; a document's missing continuations (ARC has
+    # 3 to 5 choices) stay at -inf, so they are never predicted.
+    cells = requests.doc_ids * (int(requests.cont_ids.max()) + 1) + requests.cont_ids
+    _, first = np.unique(cells, return_index=True)
     table = np.full((len(requests.labels), int(requests.cont_ids.max()) + 1), -np.inf)
-    table[requests.doc_ids, requests.cont_ids] = values  # a repeated (doc, cont) pair lands on one cell
+    table[requests.doc_ids[first], requests.cont_ids[first]] = values[first]
     predictions = np.argmax(table, axis=1)  # the first maximum, as torch.argmax
     if task.metric == "f1":
         return f1_score(requests.labels, predictions, positive=0)
