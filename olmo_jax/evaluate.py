@@ -127,12 +127,20 @@ def continuation_logprobs(
     """Per-row sums of log p(target) over a flat list of K scored positions.
 
     hidden [K, D] (the gathered positions); rows, targets, mask [K] → [batch_size] float32. Packing the positions
-    flat wastes no projection work on rows with short continuations.
+    flat wastes no projection work on rows with short continuations. The logits are made up to 128 positions at a
+    time: a [K, V] block would be fresh memory on every call, and page faults cost a CPU as much as the exp.
     """
-    logits = model.apply({"params": params}, hidden, method=OLMo.logits)  # [K, V] fp32
-    picked = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]  # [K]
-    logp = picked - jax.nn.logsumexp(logits, axis=-1)  # log-softmax over all V rows, padding rows included, as OLMo
-    return jax.ops.segment_sum(jnp.where(mask, logp, 0.0), rows, num_segments=batch_size)
+    k = hidden.shape[0]
+    chunk = math.gcd(k, 128)
+
+    def chunk_logprobs(args: tuple[Array, Array]) -> Array:
+        h, y = args  # [c, D], [c]
+        logits = model.apply({"params": params}, h, method=OLMo.logits)  # [c, V] fp32
+        picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)  # log-softmax over all V rows, padding rows too, as OLMo
+
+    logp = jax.lax.map(chunk_logprobs, (hidden.reshape(k // chunk, chunk, -1), targets.reshape(k // chunk, chunk)))
+    return jax.ops.segment_sum(jnp.where(mask, logp.reshape(k), 0.0), rows, num_segments=batch_size)
 
 
 def instance_losses(model: OLMo, params: Any, ids: Array, chunk: int) -> Array:
@@ -154,9 +162,10 @@ def instance_losses(model: OLMo, params: Any, ids: Array, chunk: int) -> Array:
     return jnp.sum(losses[:, :-1], axis=-1) / (t - 1)
 
 
-def loss_chunk(t: int) -> int:
-    """The largest of 256, 128, ... 1 that divides t."""
-    return next(c for c in (256, 128, 64, 32, 16, 8, 4, 2, 1) if t % c == 0)
+def loss_chunk(t: int, batch_size: int) -> int:
+    """Positions per logits block in `instance_losses`: the largest power of two dividing t with at most 1,024
+    positions (a [1024, V] fp32 block) in the batch."""
+    return next(c for c in (256, 128, 64, 32, 16, 8, 4, 2, 1) if t % c == 0 and (c * batch_size <= 1024 or c == 1))
 
 
 class Scorer:
@@ -224,7 +233,7 @@ class Scorer:
                     f"Token id {ids.max()} in {files.paths} is outside the model's vocabulary "
                     f"({self.config.vocab_size}); is memmap_dtype right, and was the data made with this tokenizer?"
                 )
-            outputs.append((len(rows), self._losses(params, ids, chunk=loss_chunk(t))))
+            outputs.append((len(rows), self._losses(params, ids, chunk=loss_chunk(t, b))))
         losses = np.concatenate([np.asarray(out, np.float64)[:n] for n, out in outputs])
         return float(losses.mean())
 
