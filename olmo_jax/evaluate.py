@@ -22,6 +22,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from olmo_jax.data import DataError, TokenFiles
 from olmo_jax.model import ModelConfig, OLMo
@@ -168,6 +169,13 @@ def loss_chunk(t: int, batch_size: int) -> int:
     return next(c for c in (256, 128, 64, 32, 16, 8, 4, 2, 1) if t % c == 0 and (c * batch_size <= 1024 or c == 1))
 
 
+def fetch(x: Array) -> np.ndarray:
+    """A device result on the host, also when it spans the devices of several processes (multi-host training)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 class Scorer:
     """The jitted forward passes for one model config; params are arguments, so any checkpoint (numpy arrays or
     sharded jax Arrays) can be scored without recompiling."""
@@ -217,7 +225,7 @@ class Scorer:
             outputs.append((batch, sums))
         scores = np.zeros(len(order), np.float64)
         for batch, sums in outputs:
-            scores[batch] = np.asarray(sums)[:len(batch)]
+            scores[batch] = fetch(sums)[:len(batch)]
         return scores
 
     def perplexity(self, params: Any, files: TokenFiles, instances: np.ndarray) -> float:
@@ -234,7 +242,7 @@ class Scorer:
                     f"({self.config.vocab_size}); is memmap_dtype right, and was the data made with this tokenizer?"
                 )
             outputs.append((len(rows), self._losses(params, ids, chunk=loss_chunk(t, b))))
-        losses = np.concatenate([np.asarray(out, np.float64)[:n] for n, out in outputs])
+        losses = np.concatenate([fetch(out).astype(np.float64)[:n] for n, out in outputs])
         return float(losses.mean())
 
 
@@ -285,26 +293,27 @@ class Evaluators:
         self.tokenizer = tokenizer
         self.memmap_dtype = memmap_dtype
         self.scorer = Scorer(model_config, batch_size)
-        self._prepared: list[tuple[EvaluatorConfig, Any]] | None = None
+        # Per evaluator: (config, its task and requests) or (config, its token files and instance indices).
+        self._prepared: list[tuple[EvaluatorConfig, Task | TokenFiles, Requests | np.ndarray]] | None = None
 
     def prepare(self) -> None:
         """Read and tokenize every evaluator's data (done once, on the first call)."""
         if self._prepared is not None:
             return
-        prepared: list[tuple[EvaluatorConfig, Any]] = []
+        prepared = []
         for config in self.configs:
             if config.type == "downstream":
                 task = get_task(config.label)
                 docs = task.docs(config.paths, config.limit)
                 if not docs:
                     raise TaskDataError(f"Task {config.label!r} has no examples in {config.paths or task.asset}.")
-                prepared.append((config, (task, self._requests(docs))))
+                prepared.append((config, task, self._requests(docs)))
             else:
                 files = TokenFiles(config.paths, self.memmap_dtype, self.model_config.max_sequence_length)
                 if files.num_instances == 0:
                     raise DataError(f"Perplexity set {config.label!r}: {config.paths} hold no full instance of "
                                     f"{files.seq_len} tokens.")
-                prepared.append((config, (files, evenly_spaced(files.num_instances, config.limit))))
+                prepared.append((config, files, evenly_spaced(files.num_instances, config.limit)))
         self._prepared = prepared
 
     def _requests(self, docs: Sequence[Doc]) -> Requests:
@@ -321,13 +330,13 @@ class Evaluators:
         return requests
 
     def results(self, params: Any) -> list[Result]:
+        """Run every evaluator on `params` (numpy or jax arrays, sharded or not), in the configured order."""
         self.prepare()
         results = []
-        for config, (source, selection) in self._prepared:
-            if config.type == "downstream":
-                task, requests = source, selection
-                value = score(task, requests, self.scorer.loglikelihoods(params, requests))
-                results.append(Result(config.label, task.metric, value, len(requests.labels)))
+        for config, source, selection in self._prepared:
+            if isinstance(source, Task):
+                value = score(source, selection, self.scorer.loglikelihoods(params, selection))
+                results.append(Result(config.label, source.metric, value, len(selection.labels)))
             else:
                 loss = self.scorer.perplexity(params, source, selection)
                 results.append(Result(config.label, "CrossEntropyLoss", loss, len(selection)))

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_python, tiny_config
 
 from olmo_jax.data import DataError
 from olmo_jax.evaluate import (
@@ -214,3 +214,29 @@ def test_duplicate_labels_and_bad_tokenizer_are_errors(tokenizer_json: Path) -> 
     evaluators = Evaluators([EvaluatorConfig("copa", limit=3)], small, Tokenizer(tokenizer_json, 0, 1), 8)
     with pytest.raises(ValueError, match=r"produced token id \d+, outside the model's vocabulary of 200"):
         evaluators.prepare()
+
+
+SHARDED = """
+import jax, numpy as np, sys
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from olmo_jax.evaluate import EvaluatorConfig, Evaluators
+from olmo_jax.model import init_params
+config = tiny_config(init_fn="normal", init_std=0.1)
+params = init_params(config, jax.random.key(0))
+np.random.default_rng(0).integers(0, 250, 64 * 6).astype(np.uint16).tofile(sys.argv[1])
+evaluators = Evaluators([EvaluatorConfig("val", "perplexity", (sys.argv[1],))], config, None, 4)
+mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(AxisType.Auto,))
+shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("fsdp") if x.shape[0] % 4 == 0 else P()))
+with jax.set_mesh(mesh):
+    print(evaluators(params)["eval/val/CrossEntropyLoss"], evaluators(jax.tree.map(shard, params))[
+        "eval/val/CrossEntropyLoss"])
+"""
+
+
+def test_params_sharded_over_devices(tmp_path: Path) -> None:
+    result = run_python("-c", SHARDED, str(tmp_path / "val.npy"), env={"JAX_NUM_CPU_DEVICES": "4"})
+    assert result.returncode == 0, result.stderr
+    single, sharded = map(float, result.stdout.split())
+    assert sharded == pytest.approx(single, rel=1e-6)
