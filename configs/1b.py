@@ -49,6 +49,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.wandb.group = none_or(str)
     c.wandb.name = none_or(str)
 
+    # OLMo: tokenizer.identifier; OLMo-1B.yaml names the ids-identical pii-special twin (spec §10). Name or file.
+    c.tokenizer = "allenai_gpt-neox-olmo-dolma-v1_5"
+    c.eval_interval = 2000  # recipe: --eval_interval=2000
+    c.device_eval_batch_size = 8  # OLMo-1B.yaml: device_eval_batch_size
+    # The recipe's downstream table (olmo_spec.md §8.2; metric per task: hellaswag and openbook_qa len_norm, the
+    # others acc). OLMo-1B.yaml also runs piqa, rte, commitment_bank, mrpc and sst2; add them as more entries.
+    # A held-out perplexity set is one more entry: dict(label="c4_en", type="perplexity", paths=("val.npy",)).
+    c.evaluators = tuple(
+        dict(label=task) for task in ("hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa")
+    )
+
     c.model = ml_collections.ConfigDict()
     c.model.d_model = 2048  # OLMo-1B.yaml: d_model
     c.model.n_heads = 16  # OLMo-1B.yaml: n_heads
@@ -101,7 +112,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.s3_endpoint = none_or(str)  # an S3-compatible server for s3:// URLs (MinIO, R2, ...); None: AWS
     c.data.cache_dir = none_or(str)  # keep every remote byte read on local disk here, for later epochs and restarts
     c.data.cache_chunk_mb = 1.0  # cache granularity: a row not yet cached fetches its whole chunk
-    # OLMo: tokenizer.identifier; OLMo-1B.yaml names the ids-identical pii-special twin (spec §10). Name or file.
-    c.data.tokenizer = "allenai_gpt-neox-olmo-dolma-v1_5"
     c.data.stdlib_corpus = False  # ours: build data.paths[0] from the Python standard library when missing
     return c

@@ -26,6 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.save_interval = 100
     c.save_num_checkpoints_to_keep = 2
     c.console_log_interval = 10
+    c.eval_interval = 150
+    # The recipe's six tasks on their first 100 examples each, so an in-loop evaluation takes seconds
+    # on a CPU (the full sets take minutes: `python -m olmo_jax.eval`).
+    c.evaluators = (
+        *(dict(e, limit=100) for e in c.evaluators),
+        # Perplexity on the held-out 5% of the quickstart corpus (olmo_jax/quickstart.py writes heldout.npy).
+        dict(label="stdlib_heldout", type="perplexity", paths=("data/stdlib/heldout.npy",), limit=256),
+    )
 
     # The quickstart corpus: built from this Python's standard library on the first run (olmo_jax/quickstart.py).
     c.data.paths = ("data/stdlib/train.npy",)

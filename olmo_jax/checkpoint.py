@@ -142,6 +142,11 @@ def model_config_from_meta(meta: dict[str, Any], **overrides: Any) -> ModelConfi
         raise CheckpointError(f"Checkpoint metadata has no usable model config ({e}).") from None
 
 
+def tokenizer_of(meta: dict[str, Any]) -> str | None:
+    """The tokenizer a checkpoint's run was configured with (None for weights-only checkpoints, e.g. from HF)."""
+    return meta.get("config", {}).get("tokenizer")
+
+
 def load_params(path: str | Path, **model_overrides: Any) -> tuple[ModelConfig, Any, dict[str, Any]]:
     """Weights of the newest complete step under `path` (or of the step directory `path`), on the default device.
 

@@ -19,6 +19,7 @@ import ml_collections
 
 from olmo_jax.data import DataConfig
 from olmo_jax.distributed import DistributedConfig
+from olmo_jax.evaluate import EvaluatorConfig
 from olmo_jax.model import ModelConfig
 from olmo_jax.monitor import WandbConfig
 from olmo_jax.optim import OptimizerConfig, SchedulerConfig
@@ -60,12 +61,18 @@ class TrainConfig:
     console_log_interval: int = 10
     tensorboard: bool = True  # event files in <save_folder>/tensorboard
     loss_chunk_size: int = 512  # sequence positions whose logits are materialised at once in the loss
+    # OLMo: tokenizer.identifier. A known name, a tokenizer.json or an HF directory (olmo_jax/tokenizer.py).
+    tokenizer: str = "allenai_gpt-neox-olmo-dolma-v1_5"
+    evaluators: tuple[EvaluatorConfig, ...] = ()  # run every eval_interval steps and at the end (olmo_jax/evaluate.py)
+    eval_interval: int = 1000
+    device_eval_batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.precision not in Precision.__args__:
             raise ConfigError(f"precision={self.precision!r} must be one of {list(Precision.__args__)}.")
         for name in ("max_duration", "global_train_batch_size", "device_train_microbatch_size", "save_interval",
-                     "console_log_interval", "save_num_checkpoints_to_keep", "loss_chunk_size"):
+                     "console_log_interval", "save_num_checkpoints_to_keep", "loss_chunk_size", "eval_interval",
+                     "device_eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive.")
         if self.global_train_batch_size % self.device_train_microbatch_size:

@@ -32,7 +32,6 @@ class DataConfig:
     # Batches built ahead by the background thread. Remote files: depth × step time must cover the longest stall of
     # a read (latency plus retries' backoff); 8 × the 1B step (~2 s on one H200) rides out a 16 s stall.
     prefetch_depth: int = 8
-    tokenizer: str = "allenai_gpt-neox-olmo-dolma-v1_5"  # OLMo: tokenizer.identifier (a known name or a file)
     # Build data.paths[0] (and its sibling heldout.npy) from the Python standard library if missing (quickstart).
     stdlib_corpus: bool = False
     remote_retries: int = 8  # retries of a failed remote request (5xx, 408, 429, connection errors, timeouts)

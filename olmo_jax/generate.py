@@ -211,11 +211,12 @@ class LanguageModel:
     @classmethod
     def from_checkpoint(cls, path: str | Path, tokenizer: str | Path | None = None,
                         dtype: ComputeDtype | None = None) -> LanguageModel:
-        """The newest complete step of a run directory, its checkpoints/ folder or one step folder."""
-        from olmo_jax.checkpoint import load_params
+        """The newest complete step of a run directory, its checkpoints/ folder or one step folder; the tokenizer
+        defaults to the one the run was configured with."""
+        from olmo_jax.checkpoint import load_params, tokenizer_of
 
-        config, params, _ = load_params(path, compute_dtype=dtype or default_dtype(), remat="none")
-        return cls(config, params, tokenizer)
+        config, params, meta = load_params(path, compute_dtype=dtype or default_dtype(), remat="none")
+        return cls(config, params, tokenizer or tokenizer_of(meta))
 
     @classmethod
     def from_hf(cls, path: str | Path, tokenizer: str | Path | None = None,

@@ -21,11 +21,13 @@ from olmo_jax import hf
 from olmo_jax.checkpoint import Checkpointer, CheckpointError, package_versions, resolve
 from olmo_jax.config import ConfigError, TrainConfig
 from olmo_jax.data import Batches, DataError, TokenFiles
+from olmo_jax.evaluate import Evaluators
 from olmo_jax.model import ModelConfig
 from olmo_jax.monitor import MetricsWriter, SpeedMonitor, console_line
 from olmo_jax.optim import lr_schedule, make_optimizer
 from olmo_jax.quickstart import ensure_stdlib_corpus, unigram_entropy
 from olmo_jax.sharding import batch_sharding, make_mesh, tree_shardings, with_shardings
+from olmo_jax.tokenizer import Tokenizer
 from olmo_jax.train_step import TrainState, init_state, make_train_step, new_state
 
 # Fields that decide parameter shapes: a checkpoint with other values cannot be restored into this model.
@@ -147,6 +149,11 @@ class Run:
             out_shardings=(self.state_shardings, None), donate_argnums=0,
         )
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.save_num_checkpoints_to_keep)
+        tokenizer = None
+        if any(e.type == "downstream" for e in config.evaluators):
+            tokenizer = Tokenizer.load(config.tokenizer, model.eos_token_id, model.pad_token_id)
+        self.evaluators = Evaluators(config.evaluators, model, tokenizer, config.device_eval_batch_size,
+                                     config.data.memmap_dtype) if config.evaluators else None
         self.tokens_per_step = self.layout.global_batch * model.max_sequence_length
 
     # -------------------------------------------------------------------------------------------- state set-up
@@ -275,7 +282,7 @@ def train(config: TrainConfig) -> int:
 def _prepare_stdlib_corpus(config: TrainConfig) -> float:
     """Process 0 builds the quickstart corpus if it is missing; the others wait for it."""
     if jax.process_index() == 0:
-        ensure_stdlib_corpus(config.data.paths[0], config.data.tokenizer)
+        ensure_stdlib_corpus(config.data.paths[0], config.tokenizer)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("stdlib corpus built")
     return unigram_entropy(config.data.paths[0], config.data.memmap_dtype)
@@ -316,18 +323,25 @@ def _loop(
                 if run.is_main:
                     bar.write(console_line(step, last, host, eta) + ("" if "throughput/mfu" in host or step == last
                                                                      else f" | {speed.mfu_note()}"))
-            saved = False
+            paused = False  # checkpointing and evaluation time is not training time
             stopping = stop.check(step)
             if step % config.save_interval == 0 or step == last or stopping:
                 _raise_if_unhealthy(run, *pending_health)
                 run.save(state, step)
-                saved = True
+                paused = True
             if stopping:
                 if run.is_main:
                     bar.write(f"Stopped by {stopping} after step {step}; checkpoint saved in "
                               f"{run.checkpointer.directory / str(step)}. Rerun the same command to resume.")
                 break
-            if saved:
+            if run.evaluators is not None and (step % config.eval_interval == 0 or step == last):
+                _raise_if_unhealthy(run, *pending_health)
+                results = run.evaluators(state.params)
+                writer.write(step, results)
+                if run.is_main:
+                    bar.write(f"eval at step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
+                paused = True
+            if paused:
                 speed.reset()
     bar.close()
     return step, host

@@ -69,3 +69,24 @@ def test_cli_rejects_a_misspelt_flag() -> None:
     result = run_python("-m", "olmo_jax.train", "--config=configs/tiny.py", "--config.model.d_modle=3")
     assert result.returncode != 0
     assert 'Did you mean "d_model"' in result.stderr
+
+
+def test_evaluators_are_configured_as_in_the_recipe() -> None:
+    c = load_config(ROOT / "configs/1b.py")
+    assert (c.eval_interval, c.device_eval_batch_size, c.tokenizer) == (2000, 8, "allenai_gpt-neox-olmo-dolma-v1_5")
+    recipe = ("hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa")
+    assert [(e.label, e.type, e.limit) for e in c.evaluators] == [(t, "downstream", None) for t in recipe]
+    tiny = load_config(ROOT / "configs/tiny.py")
+    assert [e.label for e in tiny.evaluators] == list(recipe) and {e.limit for e in tiny.evaluators} == {100}
+    assert tiny.eval_interval < tiny.max_duration
+
+
+def test_evaluators_from_dicts_and_their_errors() -> None:
+    c = TrainConfig.from_dict({"evaluators": [{"label": "c4", "type": "perplexity", "paths": ["val.npy"]}]})
+    assert c.evaluators[0].paths == ("val.npy",)
+    with pytest.raises(ConfigError, match=r"config\.evaluators\[0\]: .*needs paths"):
+        TrainConfig.from_dict({"evaluators": [{"label": "c4", "type": "perplexity"}]})
+    with pytest.raises(ConfigError, match=r"config\.evaluators\[1\]: Unknown downstream task 'copaa'"):
+        TrainConfig.from_dict({"evaluators": [{"label": "copa"}, {"label": "copaa"}]})
+    with pytest.raises(ConfigError, match="eval_interval=0 must be positive"):
+        TrainConfig.from_dict({"eval_interval": 0})

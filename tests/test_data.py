@@ -319,8 +319,9 @@ def test_no_hang_at_exit_or_on_interrupt(tmp_path: Path, mode: str, expected: st
 
 
 def test_data_config_keys_come_from_the_config_files() -> None:
-    data = load_config(ROOT / "configs/1b.py", ["data.seed=7", "data.prefetch_depth=2"]).data
+    config = load_config(ROOT / "configs/1b.py", ["data.seed=7", "data.prefetch_depth=2"])
+    data = config.data
     assert (data.memmap_dtype, data.seed, data.prefetch_depth) == ("uint16", 7, 2)
-    assert data.tokenizer == "allenai_gpt-neox-olmo-dolma-v1_5"
+    assert config.tokenizer == "allenai_gpt-neox-olmo-dolma-v1_5"
     with pytest.raises(ConfigError, match=r"data\.prefetch_depth=0 must be at least 1"):
         load_config(ROOT / "configs/tiny.py", ["data.prefetch_depth=0"])

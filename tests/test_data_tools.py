@@ -20,7 +20,7 @@ def test_inspect_shows_each_rows_instance_file_offset_ids_and_text(tmp_path: Pat
     for path, n in zip(paths, (20 * 128 + 5, 13 * 128), strict=True):  # tiny config: 128-token instances
         rng.integers(2, 300, n, dtype=np.uint16).tofile(path)
     overrides = [f"--config.data.paths=({str(paths[0])!r}, {str(paths[1])!r})",
-                 f"--config.data.tokenizer={tokenizer_json}", "--config.model.eos_token_id=0"]
+                 f"--config.tokenizer={tokenizer_json}", "--config.model.eos_token_id=0"]
     result = run_python("tools/inspect_data.py", "--config=configs/tiny.py", "--step", "2", "--rows", "5",
                         "--chars", "0", "--dp-world-size", "2", *overrides)
     assert result.returncode == 0, result.stderr

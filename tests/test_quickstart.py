@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from conftest import ROOT
 
 from olmo_jax.config import load_config
 from olmo_jax.data import TokenFiles
+from olmo_jax.monitor import read_metrics
 from olmo_jax.quickstart import heldout_path, stdlib_sources, unigram_entropy
 from olmo_jax.trainer import train
 
@@ -32,9 +34,18 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.Cap
         f"data.paths={train_path}", f"save_folder={tmp_path / 'run'}", "max_duration=4", "save_interval=2",
         "model.n_layers=1", "model.d_model=64", "console_log_interval=1",
     ])
-    assert train(config) == 4
+    # The tiny config's evaluators, on a few examples each, with the held-out set this run builds.
+    evaluators = tuple(
+        dataclasses.replace(e, limit=4, paths=(str(heldout_path(train_path)),) if e.type == "perplexity" else e.paths)
+        for e in config.evaluators
+    )
+    assert {e.label for e in evaluators} >= {"hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa"}
+    assert train(dataclasses.replace(config, evaluators=evaluators)) == 4
     out = capsys.readouterr().out
     assert "unigram entropy" in out and "Finished at step 4" in out
+    last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert last["step"] == 4 and "eval/downstream/hellaswag_len_norm" in last and "eval/downstream/copa_acc" in last
+    assert 1 < last["eval/stdlib_heldout/Perplexity"] < 200_000  # near the 50,304-way uniform at step 4
     files = TokenFiles([train_path, heldout_path(train_path)], "uint16", 128)
     assert files.num_instances > 10_000  # ~1.8M tokens
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [2, 4]

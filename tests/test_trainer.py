@@ -3,6 +3,7 @@ half-written checkpoints, non-finite losses, load_path and bad configs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -83,6 +84,18 @@ def test_run_writes_checkpoints_metrics_and_config(tokens: Path, tmp_path: Path)
     record = read_metrics(tmp_path / "metrics.jsonl")[-1]
     assert {"train/loss", "train/lr", "train/grad_norm", "throughput/tokens_per_second"} <= set(record)
     assert json.loads((tmp_path / "train_config.json").read_text())["save_folder"] == str(tmp_path)
+
+
+def test_in_loop_evaluation_is_logged(tokens: Path, tmp_path: Path) -> None:
+    from olmo_jax.evaluate import EvaluatorConfig
+
+    config = load_config(MICRO, _overrides(tokens, tmp_path, "eval_interval=4", "stop_at=8"))
+    config = dataclasses.replace(config, evaluators=(EvaluatorConfig("held", "perplexity", (str(tokens),), 16),))
+    train(config)
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/held/CrossEntropyLoss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert evals[1]["eval/held/CrossEntropyLoss"] < evals[0]["eval/held/CrossEntropyLoss"]
+    assert evals[1]["eval/held/Perplexity"] == pytest.approx(np.exp(evals[1]["eval/held/CrossEntropyLoss"]), rel=1e-5)
 
 
 def test_stop_at_ends_early_without_changing_the_schedule(tokens: Path, tmp_path: Path,

@@ -3,7 +3,7 @@
     python tools/convert_to_hf.py --checkpoint runs/tiny --output hf/tiny [--tokenizer NAME_OR_FILE | --no-tokenizer]
 
 `--checkpoint` is a run directory (its newest complete checkpoint), its `checkpoints/` folder or one step folder.
-The tokenizer files written beside the weights default to the tokenizer the run was trained with (data.tokenizer).
+The tokenizer files written beside the weights default to the tokenizer the run was trained with (`tokenizer`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from olmo_jax.assets import AssetError
-from olmo_jax.checkpoint import CheckpointError, load_params
+from olmo_jax.checkpoint import CheckpointError, load_params, tokenizer_of
 from olmo_jax.hf import HFConversionError, save_hf
 from olmo_jax.tokenizer import tokenizer_path
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         config, params, meta = load_params(args.checkpoint)
         tokenizer = None
         if not args.no_tokenizer:
-            name = args.tokenizer or meta.get("config", {}).get("data", {}).get("tokenizer")
+            name = args.tokenizer or tokenizer_of(meta)
             tokenizer = tokenizer_path(name) if name else None
         save_hf(config, params, args.output, tokenizer=tokenizer)
     except (AssetError, CheckpointError, HFConversionError) as e:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                            remote=config.data.remote_options())
         batches = Batches(files, config.data.seed if config.data.seed is not None else config.seed, G,
                           G // (W * config.device_train_microbatch_size), W, vocab_size=m.vocab_size)
-        tokenizer = Tokenizer.load(config.data.tokenizer, m.eos_token_id, m.pad_token_id)
+        tokenizer = Tokenizer.load(config.tokenizer, m.eos_token_id, m.pad_token_id)
         ids, tokens = batches.instance_ids(args.step), batches.batch_at(args.step)
     except (ConfigError, DataError, AssetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.console_log_interval = 1
     c.tensorboard = False
     c.data.stdlib_corpus = False
+    c.evaluators = ()
     c.model.d_model = 32
     c.model.n_heads = 2
     c.model.n_layers = 2
