@@ -77,7 +77,9 @@ def test_evaluators_are_configured_as_in_the_recipe() -> None:
     recipe = ("hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa")
     assert [(e.label, e.type, e.limit) for e in c.evaluators] == [(t, "downstream", None) for t in recipe]
     tiny = load_config(ROOT / "configs/tiny.py")
-    assert [e.label for e in tiny.evaluators] == list(recipe) and {e.limit for e in tiny.evaluators} == {100}
+    downstream = [e for e in tiny.evaluators if e.type == "downstream"]
+    assert [e.label for e in downstream] == list(recipe) and {e.limit for e in downstream} == {100}
+    assert [e.label for e in tiny.evaluators if e.type == "perplexity"] == ["stdlib_heldout"]
     assert tiny.eval_interval < tiny.max_duration
 
 

@@ -65,7 +65,7 @@ def test_cli_on_a_checkpoint_gives_the_same_scores(model: dict[str, Path], capsy
     (["--hf", "HF", "--tasks", "none"], "error: Nothing to evaluate"),
     (["--hf", "HF", "--perplexity", "val"], "error: --perplexity 'val' is not of the form LABEL=FILE"),
     (["--hf", "HF", "--tasks", "none", "--perplexity", "val=/nonexistent.npy"],
-     "error: Token file /nonexistent.npy does not exist."),
+     "error: Token file /nonexistent.npy does not exist"),
 ])
 def test_cli_errors_are_one_line(model: dict[str, Path], capsys: pytest.CaptureFixture, argv: list[str],
                                  message: str) -> None:
