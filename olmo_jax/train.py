@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from olmo_jax.checkpoint import CheckpointError
@@ -22,6 +22,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; overrides look like --config.key=value.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and XLA log every step of their work at INFO
     from olmo_jax.distributed import initialize
     from olmo_jax.trainer import TrainingError, train  # after flag parsing: `--help` stays fast
 
