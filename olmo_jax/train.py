@@ -16,7 +16,15 @@ from olmo_jax.checkpoint import CheckpointError
 from olmo_jax.config import ConfigError, TrainConfig
 from olmo_jax.data import DataError
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Training config file.", lock_config=True)
+
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+    """`--config=<file>` plus its `--config.key=value` overrides, locked so that a misspelt key is an error."""
+    return config_flags.DEFINE_config_file(
+        "config", "configs/tiny.py", "Training config file.", flag_values=flag_values, lock_config=True
+    )
+
+
+_CONFIG = define_config_flag()
 
 
 def main(argv: list[str]) -> None:

@@ -75,7 +75,8 @@ def test_readme_command_exists_and_its_flags_parse(argv: list[str], monkeypatch:
         monkeypatch.syspath_prepend(str(path.parent))
         spec.loader.exec_module(module)
     if name_of(argv) == "olmo_jax.train":
-        _parse_train_flags(module, args)
+        monkeypatch.setattr(sys, "argv", ["train", *args])  # ml_collections finds the overrides in sys.argv
+        _parse_train_flags(module.define_config_flag, args)
         return
 
     def parsed(self: argparse.ArgumentParser, *a: object, **k: object) -> None:
@@ -96,14 +97,13 @@ def name_of(argv: list[str]) -> str:
     return argv[1] if argv[0] == "-m" else argv[0]
 
 
-def _parse_train_flags(module: object, args: list[str]) -> None:
+def _parse_train_flags(define_config_flag: object, args: list[str]) -> None:
+    """Parse as olmo_jax.train does, on fresh flag values (absl's global ones parse once per process)."""
     from absl import flags
 
     from olmo_jax.config import TrainConfig
 
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train", *args])
-    try:
-        TrainConfig.from_dict(module._CONFIG.value)  # the overrides' values build a valid config
-    finally:
-        flags.FLAGS.unparse_flags()
+    flag_values = flags.FlagValues()
+    holder = define_config_flag(flag_values)
+    flag_values(["train", *args])
+    TrainConfig.from_dict(holder.value)  # the overrides' values build a valid config
