@@ -147,17 +147,25 @@ def tokenizer_of(meta: dict[str, Any]) -> str | None:
     return meta.get("config", {}).get("tokenizer")
 
 
+def open_step(path: str | Path) -> tuple[Checkpointer, int]:
+    """A run directory, its checkpoints/ folder or a step folder → (its Checkpointer, the step: given, else the
+    newest complete one). The caller closes the Checkpointer."""
+    root, step = resolve(path)
+    checkpointer = Checkpointer(root, async_save=False)
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        checkpointer.close()
+        raise CheckpointError(f"{path} holds no complete checkpoint (looked in {root}).")
+    return checkpointer, step
+
+
 def load_params(path: str | Path, **model_overrides: Any) -> tuple[ModelConfig, Any, dict[str, Any]]:
     """Weights of the newest complete step under `path` (or of the step directory `path`), on the default device.
 
     Returns (model config, params, meta). `model_overrides` set run-time fields such as compute_dtype.
     """
-    root, step = resolve(path)
-    checkpointer = Checkpointer(root, async_save=False)
+    checkpointer, step = open_step(path)
     try:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"{path} holds no complete checkpoint (looked in {root}).")
         config = model_config_from_meta(checkpointer.meta(step), **model_overrides)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), param_shapes(config))

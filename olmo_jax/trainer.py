@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from olmo_jax import hf
-from olmo_jax.checkpoint import Checkpointer, CheckpointError, package_versions, resolve
+from olmo_jax.checkpoint import Checkpointer, open_step, package_versions
 from olmo_jax.config import ConfigError, TrainConfig
 from olmo_jax.data import Batches, DataError, TokenFiles
 from olmo_jax.evaluate import Evaluators
@@ -178,12 +178,9 @@ class Run:
             hf_config, params = hf.load_hf(path)
             self._check_shapes(hf_config, path)
             return self._fresh_optimizer(params), f"loaded weights from HF directory {path}"
-        root, step = resolve(path)
-        source = Checkpointer(root, async_save=False)
+        source, step = open_step(path)
+        root = source.directory
         try:
-            step = source.latest_step() if step is None else step
-            if step is None:
-                raise CheckpointError(f"load_path={path} holds no complete checkpoint.")
             meta = source.meta(step)
             weights_only = self.config.reset_optimizer_state or not (root / str(step) / "opt_state").exists()
             if weights_only:
