@@ -15,7 +15,10 @@ n/a where no peak is known (CPUs). Peak memory is the allocator's peak_bytes_in_
 memory (XLA's buffer assignment: arguments, temporaries...) is printed on every backend.
 
 --aot_only lowers and compiles with abstract shapes, allocating nothing: the 1B step's compile time and memory on
-any machine. --memory_table does that for each microbatch × remat policy (two micro-steps of accumulation each).
+any machine. --memory_table does that for each microbatch × remat policy (two micro-steps of accumulation each). Off
+a GPU it asks XLA:CPU for its memory-optimising scheduler (--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED
+unless XLA_FLAGS sets one): the default CPU schedule runs every recomputation early, so remat would save nothing
+there, while XLA:GPU schedules for memory anyway.
 
 On a GPU, the recommended XLA flags of olmo_jax/xla_flags.py are added to XLA_FLAGS unless already set there
 (OLMO_JAX_XLA_FLAGS=0 adds none).
@@ -25,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 GB = 1e9
+MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -95,9 +100,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse(argv)
-    from olmo_jax.xla_flags import apply_recommended_flags
+    from olmo_jax.xla_flags import apply_recommended_flags, gpu_expected, merge_flags
 
     added = apply_recommended_flags()  # before JAX starts its backend
+    if args.memory_table and not gpu_expected():
+        merged, more = merge_flags(os.environ.get("XLA_FLAGS", ""), MEMORY_SCHEDULER)
+        os.environ["XLA_FLAGS"], added = merged, added + more
     from olmo_jax.benchmark import benchmark, memory_table
     from olmo_jax.config import ConfigError, load_config
     from olmo_jax.data import DataError
