@@ -9,10 +9,7 @@ import pytest
 from conftest import run_python
 
 from olmo_jax import xla_flags
-from olmo_jax.xla_flags import (
-    CANDIDATE_GPU_FLAGS, DISABLE_ENV, RECOMMENDED_GPU_FLAGS, apply_recommended_flags, flag_names, gpu_expected,
-    merge_flags,
-)
+from olmo_jax.xla_flags import CANDIDATE_GPU_FLAGS, DISABLE_ENV, RECOMMENDED_GPU_FLAGS, apply_recommended_flags
 
 
 def test_flags_are_added_on_a_gpu_once() -> None:
@@ -20,7 +17,7 @@ def test_flags_are_added_on_a_gpu_once() -> None:
     added = apply_recommended_flags(env, gpu=True)
     assert added == [f"--{k}={v}" for k, v in RECOMMENDED_GPU_FLAGS.items()]
     assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/dump ")
-    assert flag_names(env["XLA_FLAGS"]) == {"xla_dump_to", *RECOMMENDED_GPU_FLAGS}
+    assert xla_flags.flag_names(env["XLA_FLAGS"]) == {"xla_dump_to", *RECOMMENDED_GPU_FLAGS}
     assert apply_recommended_flags(env, gpu=True) == []  # a second call adds nothing
 
 
@@ -29,7 +26,7 @@ def test_a_flag_the_user_set_is_left_as_set() -> None:
     env = {"XLA_FLAGS": f"--{name}=false"}
     assert apply_recommended_flags(env, gpu=True) == []
     assert env["XLA_FLAGS"] == f"--{name}=false"
-    merged, added = merge_flags("--a=1 --b", {"a": "2", "c": "3"})
+    merged, added = xla_flags.merge_flags("--a=1 --b", {"a": "2", "c": "3"})
     assert merged == "--a=1 --b --c=3" and added == ["--c=3"]
 
 
@@ -45,8 +42,8 @@ def test_nothing_is_added_off_a_gpu() -> None:
 
 
 def test_gpu_detection(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert gpu_expected({"JAX_PLATFORMS": "cuda,cpu"}) and gpu_expected({"JAX_PLATFORMS": "gpu"})
-    assert not gpu_expected({"JAX_PLATFORMS": "cpu"}) and not gpu_expected({"JAX_PLATFORMS": "tpu"})
+    assert xla_flags.gpu_expected({"JAX_PLATFORMS": "cuda,cpu"}) and xla_flags.gpu_expected({"JAX_PLATFORMS": "gpu"})
+    assert not xla_flags.gpu_expected({"JAX_PLATFORMS": "cpu"}) and not xla_flags.gpu_expected({"JAX_PLATFORMS": "tpu"})
 
     class Dist:
         def __init__(self, name: str) -> None:

@@ -3,11 +3,12 @@
     python tools/bench_vs_torch.py [--d_model 256 --n_layers 4 --n_heads 4 --seq_len 256 --batch 8 --microbatch 8]
                                    [--steps 8 --warmup 2 --threads N] [--torch_compile] [--json]
 
-Both sides train the same model in fp32 from random weights: OLMo's architecture at the given size with OLMo-1B's
-50,304-row tied embedding (transformers' OlmoForCausalLM on the torch side, built from our config by
-`olmo_jax.hf.to_hf_config`), the same batch of random token ids split into the same microbatches, the same mean
+Both sides train the same model in fp32: OLMo's architecture at the given size with OLMo-1B's 50,304-row tied
+embedding (transformers' OlmoForCausalLM on the torch side, loaded from our initial weights written with
+`olmo_jax.hf.save_hf`), on the same batches of random token ids split into the same microbatches, with the same mean
 next-token cross-entropy, global-norm clipping at 1.0 and AdamW (lr 4e-4, betas (0.9, 0.95), eps 1e-5, weight decay
-0.1, none on the embedding). Ours is the trainer's jitted step (olmo_jax.benchmark), timed with block_until_ready;
+0.1, none on the embedding). So both print the same losses, step after step, to float rounding: the check that the
+two do the same work. Ours is the trainer's jitted step (olmo_jax.benchmark), timed with block_until_ready;
 torch's is zero_grad + forward/backward per microbatch + clip + AdamW.step, timed with perf_counter (CPU work is
 synchronous). Both run in one process pinned to the first --threads CPUs (torch.set_num_threads; XLA sizes its thread
 pool from the CPUs it may run on): --warmup untimed steps each, then --steps timed steps taken in turn, one of each
@@ -25,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -83,41 +85,36 @@ class JaxSide:
         self.step = compile_step(config)
         self.batches = synthetic_batches(self.step, 2)
         self.state = self.step.jitted.init(jax.random.key(0))
-        self.metrics: dict[str, Any] = {}
+        self.losses: list[Any] = []  # on device until read: no host sync inside a timed step
         self.version = f"jax {jax.__version__}"
 
     def __call__(self, i: int) -> None:
-        self.state, self.metrics = self.step.executable(self.state, self.batches[i % 2])
-        self.jax.block_until_ready((self.state, self.metrics))
+        self.state, metrics = self.step.executable(self.state, self.batches[i % 2])
+        self.jax.block_until_ready((self.state, metrics))
+        self.losses.append(metrics["train/loss"])
 
-    def loss(self) -> float:
-        return float(self.metrics["train/loss"])
+    def loss_history(self) -> list[float]:
+        return [float(x) for x in self.losses]
 
 
 class TorchSide:
     """transformers' OlmoForCausalLM with torch.optim.AdamW, eager (or torch.compile'd)."""
 
-    def __init__(self, args: argparse.Namespace, config: Any, compiled: bool) -> None:
-        import numpy as np
+    def __init__(self, args: argparse.Namespace, weights: Path, batches: list[Any], compiled: bool) -> None:
         import torch
         import transformers
 
-        from olmo_jax.hf import to_hf_config
-
         self.torch = torch
-        torch.manual_seed(0)
-        self.model = transformers.OlmoForCausalLM(transformers.OlmoConfig(**to_hf_config(config.model))).train()
+        self.model = transformers.OlmoForCausalLM.from_pretrained(weights, dtype=torch.float32).train()
         named = list(self.model.named_parameters())
         decay = [p for n, p in named if "embed_tokens" not in n]
         no_decay = [p for n, p in named if "embed_tokens" in n]  # OLMo: no weight decay on the embedding
         self.optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=LR,
                                            betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
         self.forward = torch.compile(self.model) if compiled else self.model
-        rng = np.random.default_rng(0)
         self.accum = args.batch // args.microbatch
-        shape = (self.accum, args.microbatch, args.seq_len)
-        self.batches = [torch.from_numpy(rng.integers(0, config.model.vocab_size, shape)) for _ in range(2)]
-        self.last_loss = float("nan")
+        self.batches = [torch.from_numpy(b.astype("int64")) for b in batches]
+        self.losses: list[float] = []
         self.version = f"torch {torch.__version__}" + (" (torch.compile)" if compiled else " (eager)")
 
     def __call__(self, i: int) -> None:
@@ -129,10 +126,10 @@ class TorchSide:
             total += loss.detach()
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
-        self.last_loss = float(total)
+        self.losses.append(float(total))
 
-    def loss(self) -> float:
-        return self.last_loss
+    def loss_history(self) -> list[float]:
+        return self.losses
 
 
 def race(sides: dict[str, Any], warmup: int, steps: int) -> dict[str, list[float]]:
@@ -155,15 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     cpus = sorted(os.sched_getaffinity(0))[: args.threads]
     os.sched_setaffinity(0, cpus)  # before XLA sizes its thread pool from the CPUs it may use
+    import numpy as np
     import torch
+    import transformers
 
     from olmo_jax.config import load_config
+    from olmo_jax.hf import save_hf
 
     torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
     config = load_config(ROOT / "configs" / "tiny.py", overrides(args))
-    sides: dict[str, Any] = {"jax": JaxSide(args, config), "torch": TorchSide(args, config, compiled=False)}
-    if args.torch_compile:
-        sides["torch_compile"] = TorchSide(args, config, compiled=True)
+    ours = JaxSide(args, config)
+    batches = [np.asarray(b) for b in ours.batches]
+    with tempfile.TemporaryDirectory(prefix="bench_vs_torch-") as weights:  # torch starts from our initial weights
+        save_hf(config.model, ours.state.params, weights)
+        sides: dict[str, Any] = {"jax": ours, "torch": TorchSide(args, Path(weights), batches, compiled=False)}
+        if args.torch_compile:
+            sides["torch_compile"] = TorchSide(args, Path(weights), batches, compiled=True)
     load_before = os.getloadavg()
     times = race(sides, args.warmup, args.steps)
     tokens = args.batch * args.seq_len
@@ -176,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, side in sides.items():
         median = statistics.median(times[name])
+        losses = side.loss_history()
         result[name] = {"tokens_per_second": tokens / median, "step_time_median": median, "step_times": times[name],
-                        "loss": side.loss(), "version": side.version}
+                        "first_loss": losses[0], "loss": losses[-1], "version": side.version}
     for name in list(sides)[1:]:
         result[f"ratio_vs_{name}"] = result["jax"]["tokens_per_second"] / result[name]["tokens_per_second"]
     if args.json:
@@ -191,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in sides:
         r = result[name]
         print(f"{name:>14}: {r['tokens_per_second']:9,.0f} tokens/s  median step {r['step_time_median']:.3f} s "
-              f"(min {min(r['step_times']):.3f}, max {max(r['step_times']):.3f}), last loss {r['loss']:.3f}, "
-              f"{r['version']}")
+              f"(min {min(r['step_times']):.3f}, max {max(r['step_times']):.3f}); loss {r['first_loss']:.4f} → "
+              f"{r['loss']:.4f}; {r['version']}")
     for name in list(sides)[1:]:
         print(f"ours / {name}: {result[f'ratio_vs_{name}']:.2f}×")
     print("load average (1, 5, 15 min) before: " + ", ".join(f"{x:.2f}" for x in load_before)

@@ -4,7 +4,7 @@
                               [--json]
     python tools/benchmark.py --config=configs/1b.py --aot_only        # lower + compile only (abstract shapes)
     python tools/benchmark.py --config=configs/1b.py --memory_table [--microbatches 1 2 4 8 16]
-                              [--remats none save_matmuls full] [--json]
+                              [--remats none save_matmuls full] [--memory_gb 139] [--json]
 
 The step is the one `olmo_jax.train` runs (same shardings, donation, accumulation, chunked loss), at the config's
 batch: 1B is 64 × 2048 tokens per step in microbatches of 8. It is compiled ahead of time, timed apart, then run
@@ -18,7 +18,8 @@ memory (XLA's buffer assignment: arguments, temporaries...) is printed on every 
 any machine. --memory_table does that for each microbatch × remat policy (two micro-steps of accumulation each). Off
 a GPU it asks XLA:CPU for its memory-optimising scheduler (--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED
 unless XLA_FLAGS sets one): the default CPU schedule runs every recomputation early, so remat would save nothing
-there, while XLA:GPU schedules for memory anyway.
+there, while XLA:GPU schedules for memory anyway. With --memory_gb (on a GPU: the device's limit by default) it also
+names the largest microbatch of each policy whose compiled program fits.
 
 On a GPU, the recommended XLA flags of olmo_jax/xla_flags.py are added to XLA_FLAGS unless already set there
 (OLMO_JAX_XLA_FLAGS=0 adds none).
@@ -47,6 +48,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--memory_table", action="store_true", help="compiled memory per microbatch × remat policy")
     parser.add_argument("--microbatches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--remats", nargs="+", default=["none", "save_matmuls", "full"])
+    parser.add_argument("--memory_gb", type=float, help="memory table: the device memory to fit (default: reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if a.startswith("--config.")]
@@ -89,13 +91,33 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def largest_fitting(rows: list[dict[str, Any]], limit: float) -> dict[str, int | None]:
+    """Per remat policy, the largest microbatch whose compiled program (arguments + temporaries) fits in `limit`."""
+    out: dict[str, int | None] = {}
+    for r in rows:
+        fits = r["total_bytes"] <= limit
+        out[r["remat"]] = max(out.get(r["remat"]) or 0, r["microbatch"] if fits else 0) or None
+    return out
+
+
+def table(rows: list[dict[str, Any]], limit: float | None) -> str:
     lines = ["| remat | microbatch | attention | arguments | temporaries | total | compile s |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['remat']} | {r['microbatch']} | {r['attention_impl']} | {gigabytes(r['argument_bytes'])} "
                      f"| {gigabytes(r['temp_bytes'])} | {gigabytes(r['total_bytes'])} | {r['compile_seconds']:.1f} |")
+    if limit:
+        best = largest_fitting(rows, limit)
+        lines.append(f"\nLargest microbatch that fits in {gigabytes(limit)}: "
+                     + ", ".join(f"{remat} {m if m else 'none of those tried'}" for remat, m in best.items()))
     return "\n".join(lines)
+
+
+def device_memory_limit() -> int | None:
+    """What the allocator may use on the first device (None on CPU)."""
+    import jax
+
+    return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, overrides)
         if args.memory_table:
             rows = memory_table(config, args.microbatches, args.remats)
-            print(json.dumps({"config": args.config, "overrides": overrides, "rows": rows}) if args.json
-                  else table(rows))
+            limit = args.memory_gb * GB if args.memory_gb else device_memory_limit()
+            fitting = largest_fitting(rows, limit) if limit else None
+            print(json.dumps({"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS"),
+                              "memory_limit_bytes": limit, "largest_fitting_microbatch": fitting, "rows": rows})
+                  if args.json else table(rows, limit))
             return 0
         result = benchmark(config, args.steps, args.warmup, real=args.real, aot_only=args.aot_only)
     except (ConfigError, DataError) as e:
