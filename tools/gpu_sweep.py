@@ -129,7 +129,7 @@ def run_worker(job: dict[str, Any]) -> None:
 
     device = jax.local_devices()[0]
     limit = (device.memory_stats() or {}).get("bytes_limit")
-    estimate, measured, too_big, state = FIRST_ESTIMATE_S, 0, [], None
+    estimate, timed, too_big, state = FIRST_ESTIMATE_S, 0, [], None
     for setting in (Setting(**s) for s in job["settings"]):
         if time.time() + estimate > job["deadline"]:
             record(setting, "skipped", message=f"budget: ~{estimate:.0f} s needed, "
@@ -152,8 +152,10 @@ def run_worker(job: dict[str, Any]) -> None:
             if state is None:  # every setting trains the same parameters: one state serves them all
                 state = step.jitted.init(jax.random.key(0))
             state, times, metrics = time_steps(step, state, synthetic_batches(step, 2), job["warmup"], job["steps"])
+            took = time.time() - start  # the slowest timed setting so far is the estimate for the next one
+            estimate, timed = (took if timed == 0 else max(estimate, took)), timed + 1
             record(setting, "ok", **info, **throughput(step, times), loss=metrics["train/loss"],
-                   peak_bytes_in_use=peak_device_memory(), seconds=time.time() - start)
+                   peak_bytes_in_use=peak_device_memory(), seconds=took)
         except Exception as e:  # one failing setting must not end the sweep: record it and go on
             text = f"{type(e).__name__}: {e}"
             status = "OOM" if any(m in text for m in MEMORY_ERRORS) else "error"
@@ -161,10 +163,6 @@ def run_worker(job: dict[str, Any]) -> None:
                 too_big.append(setting)
             record(setting, status, message=text.strip().splitlines()[0][:400])
             state = None  # a failed step may have consumed the donated state
-        finally:  # the slowest setting so far is the estimate for the next one
-            took = time.time() - start
-            estimate = took if measured == 0 else max(estimate, took)
-            measured += 1
 
 
 # ------------------------------------------------------------------------------------------------ driver side
@@ -259,12 +257,13 @@ def markdown(records: list[dict[str, Any]], winner: dict[str, Any] | None) -> st
 
 
 def flag_string(name: str) -> str:
-    """XLA_FLAGS for a flag set: the user's, plus the recommended ones, plus the candidate's ('none': the user's)."""
-    user = os.environ.get("XLA_FLAGS", "")
+    """XLA_FLAGS for a flag set: 'none' is the user's XLA_FLAGS alone, 'recommended' adds RECOMMENDED_GPU_FLAGS, a
+    candidate's name adds its flags to those (a flag the user set is never overridden)."""
+    flags = os.environ.get("XLA_FLAGS", "")
     if name == "none":
-        return user
-    merged, _ = merge_flags(user, CANDIDATE_GPU_FLAGS.get(name, {}))
-    return merge_flags(merged, RECOMMENDED_GPU_FLAGS)[0]
+        return flags
+    flags, _ = merge_flags(flags, RECOMMENDED_GPU_FLAGS)
+    return merge_flags(flags, CANDIDATE_GPU_FLAGS[name])[0] if name != "recommended" else flags
 
 
 def main(argv: list[str] | None = None) -> int:
