@@ -170,6 +170,9 @@ def run_worker(job: dict[str, Any]) -> None:
 
 def run_phase(args: argparse.Namespace, phase: str, flags: str, xla_flags: str, settings: list[Setting],
               steps: int, deadline: float, records: Path, cache_dir: str) -> None:
+    if time.time() >= deadline:
+        print(f"[{phase}/{flags}] no time left in the budget; skipped", flush=True)
+        return
     job = {"phase": phase, "flags": flags, "settings": [dataclasses.asdict(s) for s in settings],
            "config": args.config, "global_batch": args.global_batch, "steps": steps, "warmup": args.warmup,
            "deadline": deadline, "records": str(records), "cache_dir": cache_dir}
