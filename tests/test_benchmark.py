@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from conftest import run_python
 
@@ -23,16 +24,18 @@ def _json(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_benchmark_cli_reports_measured_fields() -> None:
+def test_benchmark_cli_reports_measured_fields(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.npy"
+    np.random.default_rng(0).integers(0, 250, 16 * 40, dtype=np.uint16).tofile(tokens)  # 40 instances of 16
     r = _json(run_python("tools/benchmark.py", f"--config={MICRO}", "--config.model.remat=full", "--steps=3",
-                         "--warmup=1", "--json"))
+                         "--warmup=1", "--real", f"--config.data.paths={tokens}", "--json"))
     assert r["remat"] == "full" and r["attention_impl"] == "xla" and r["backend"] == "cpu"
     assert r["timed_steps"] == 3 and len(r["step_times"]) == 3 and r["warmup_steps"] == 1
     assert 0 < r["step_time_min"] <= r["step_time_median"] <= r["step_time_max"]
     assert r["tokens_per_step"] == 8 * 16 and r["tokens_per_second"] == pytest.approx(128 / r["step_time_median"])
     assert r["mfu"] is None and r["peak_flops_per_device"] is None and r["peak_bytes_in_use"] is None  # CPU
     assert r["lower_seconds"] > 0 and r["compile_seconds"] > 0 and math.isfinite(r["loss"])
-    assert r["microbatch"] == 4 and r["grad_accum"] == 2 and r["data"] == "synthetic"
+    assert r["microbatch"] == 4 and r["grad_accum"] == 2 and r["data"] == "real"
     mem = r["compiled_memory"]
     assert mem["argument_bytes"] > 0 and mem["total_bytes"] >= mem["argument_bytes"]
 
@@ -54,6 +57,8 @@ def test_bad_choices_are_one_line_errors() -> None:
     proc = run_python("tools/benchmark.py", f"--config={MICRO}", "--config.model.attention_impl=cudnn", "--aot_only")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: model.attention_impl='cudnn'" in proc.stderr and "Use attention_impl='auto'" in proc.stderr
+    proc = run_python("tools/benchmark.py", f"--config={MICRO}", "--real", "--config.data.paths=/nope/tokens.npy")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "/nope/tokens.npy" in proc.stderr
     proc = run_python("tools/benchmark.py", f"--config={MICRO}", "--stepz=3")
     assert proc.returncode == 2 and "unrecognized arguments: --stepz=3" in proc.stderr
 
