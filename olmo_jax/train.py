@@ -34,7 +34,9 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax and XLA log every step of their work at INFO
     from olmo_jax.distributed import initialize
     from olmo_jax.trainer import TrainingError, train  # after flag parsing: `--help` stays fast
+    from olmo_jax.xla_flags import apply_recommended_flags
 
+    apply_recommended_flags()  # GPU only, before JAX starts its backend; OLMO_JAX_XLA_FLAGS=0 turns it off
     try:
         config = TrainConfig.from_dict(_CONFIG.value)
         initialize(config.distributed)  # before any other JAX call

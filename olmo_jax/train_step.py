@@ -1,4 +1,4 @@
-"""The train state and the pure `train_step(state, batch) -> (state, metrics)` that is jitted once.
+"""The train state, the pure `train_step(state, batch) -> (state, metrics)`, and that step jitted for a mesh.
 
 Loss normalisation (olmo_spec.md §3.2): the loss is the true mean cross-entropy over the global batch's
 B·(T−1) target tokens. That is what the 2024-02 OLMo code that trained the released OLMo-1B optimised (HEAD divides
@@ -8,16 +8,20 @@ batch is split into microbatches or devices.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding
 
+from olmo_jax.config import ConfigError, TrainConfig
 from olmo_jax.loss import next_token_loss_sums
-from olmo_jax.model import ModelConfig, OLMo, init_params
-from olmo_jax.optim import global_norm
+from olmo_jax.model import ModelConfig, OLMo, attention_impl, init_params
+from olmo_jax.optim import global_norm, lr_schedule, make_optimizer
+from olmo_jax.sharding import batch_sharding, tree_shardings, with_shardings
 
 Array = jax.Array
 Z_LOSS_WEIGHT = 1e-4  # OLMo hard-wires the z-loss multiplier (§3.4); auxiliary_loss_multiplier is unused there
@@ -90,3 +94,63 @@ def make_train_step(
         return state, metrics
 
     return train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the global batch maps onto devices: G = microbatch × grad_accum × data-parallel size."""
+
+    global_batch: int
+    microbatch: int  # rows per device per micro-step (OLMo: device_train_microbatch_size)
+    dp_size: int  # devices the batch is split over
+    grad_accum: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, dp_size: int) -> Layout:
+        g, m = config.global_train_batch_size, config.device_train_microbatch_size
+        if g % (m * dp_size):
+            raise ConfigError(
+                f"global_train_batch_size={g} must equal device_train_microbatch_size={m} × gradient accumulation × "
+                f"data-parallel size={dp_size} (devices), so it must be a multiple of {m * dp_size}. Change the "
+                "global batch or the microbatch, or run on a different number of devices."
+            )
+        return cls(g, m, dp_size, g // (m * dp_size))
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        """[A, M·devices] of the int32 [A, M·devices, T] global batch."""
+        return self.grad_accum, self.microbatch * self.dp_size
+
+
+class JittedStep(NamedTuple):
+    """The train step as every entry point runs it (the trainer, tools/benchmark.py): bound, sharded, donated."""
+
+    train_step: Any  # jax.jit(train_step): (TrainState, int32 [A, M·devices, T]) → (TrainState, metrics)
+    init: Any  # jax.jit: PRNG key → a fresh TrainState laid out on the mesh
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the state's shardings (restore and AOT targets)
+    state_shardings: Any
+    batch_sharding: NamedSharding
+
+
+def jit_train_step(config: TrainConfig, mesh: Mesh) -> JittedStep:
+    """Bind the model and optimizer of `config` and jit the step for `mesh` (FSDP state, batch split over devices,
+    state donated). Validates the attention implementation here, before tracing, so that a bad choice is one
+    ConfigError rather than an error deep inside the trace."""
+    model = config.model
+    try:
+        attention_impl(model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    optimizer = make_optimizer(config.optimizer, config.scheduler, config.max_duration, config.max_grad_norm)
+    schedule = lr_schedule(config.scheduler, config.optimizer.learning_rate, config.max_duration)
+    abstract = jax.eval_shape(lambda k: init_state(model, optimizer, k), jax.random.key(0))
+    state_shardings = tree_shardings(mesh, abstract)
+    batch = batch_sharding(mesh)
+    step_fn = make_train_step(model, optimizer, schedule, config.loss_chunk_size, config.softmax_auxiliary_loss)
+    train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch), out_shardings=(state_shardings, None),
+                         donate_argnums=0)
+    init = jax.jit(lambda k: init_state(model, optimizer, k), out_shardings=state_shardings)
+    return JittedStep(train_step, init, optimizer, schedule, with_shardings(abstract, state_shardings),
+                      state_shardings, batch)

@@ -19,16 +19,15 @@ from tqdm import tqdm
 
 from olmo_jax import hf
 from olmo_jax.checkpoint import Checkpointer, open_step, package_versions
-from olmo_jax.config import ConfigError, TrainConfig
+from olmo_jax.config import TrainConfig
 from olmo_jax.data import Batches, DataError, TokenFiles
 from olmo_jax.evaluate import Evaluators
 from olmo_jax.model import ModelConfig
 from olmo_jax.monitor import MetricsWriter, SpeedMonitor, console_line
-from olmo_jax.optim import lr_schedule, make_optimizer
 from olmo_jax.quickstart import ensure_stdlib_corpus, unigram_entropy
-from olmo_jax.sharding import batch_sharding, make_mesh, tree_shardings, with_shardings
+from olmo_jax.sharding import make_mesh
 from olmo_jax.tokenizer import Tokenizer
-from olmo_jax.train_step import TrainState, init_state, make_train_step, new_state
+from olmo_jax.train_step import Layout, TrainState, jit_train_step, new_state
 
 # Fields that decide parameter shapes: a checkpoint with other values cannot be restored into this model.
 SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_ratio", "mlp_hidden_size", "embedding_size",
@@ -37,27 +36,6 @@ SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_ratio", "ml
 
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss, incompatible checkpoint...); the message says why and what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How the global batch maps onto devices: G = microbatch × grad_accum × data-parallel size."""
-
-    global_batch: int
-    microbatch: int  # rows per device per micro-step (OLMo: device_train_microbatch_size)
-    dp_size: int  # devices the batch is split over
-    grad_accum: int
-
-    @classmethod
-    def of(cls, config: TrainConfig, dp_size: int) -> Layout:
-        g, m = config.global_train_batch_size, config.device_train_microbatch_size
-        if g % (m * dp_size):
-            raise ConfigError(
-                f"global_train_batch_size={g} must equal device_train_microbatch_size={m} × gradient accumulation × "
-                f"data-parallel size={dp_size} (devices), so it must be a multiple of {m * dp_size}. Change the "
-                "global batch or the microbatch, or run on a different number of devices."
-            )
-        return cls(g, m, dp_size, g // (m * dp_size))
 
 
 class StopRequest:
@@ -136,18 +114,10 @@ class Run:
             self.files, self.seed, self.layout.global_batch, self.layout.grad_accum, dp_world_size=self.mesh.size,
             process_index=jax.process_index(), process_count=jax.process_count(), vocab_size=model.vocab_size,
         )
-        self.optimizer = make_optimizer(config.optimizer, config.scheduler, config.max_duration, config.max_grad_norm)
-        self.schedule = lr_schedule(config.scheduler, config.optimizer.learning_rate, config.max_duration)
-        abstract = jax.eval_shape(lambda k: init_state(model, self.optimizer, k), jax.random.key(0))
-        self.state_shardings = tree_shardings(self.mesh, abstract)
-        self.abstract_state = with_shardings(abstract, self.state_shardings)
-        self.batch_sharding = batch_sharding(self.mesh)
-        step_fn = make_train_step(model, self.optimizer, self.schedule, config.loss_chunk_size,
-                                  config.softmax_auxiliary_loss)
-        self.train_step = jax.jit(
-            step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
-            out_shardings=(self.state_shardings, None), donate_argnums=0,
-        )
+        jitted = jit_train_step(config, self.mesh)  # the same step tools/benchmark.py measures
+        self.optimizer, self.schedule, self.train_step = jitted.optimizer, jitted.schedule, jitted.train_step
+        self.state_shardings, self.abstract_state = jitted.state_shardings, jitted.abstract_state
+        self.batch_sharding, self._init = jitted.batch_sharding, jitted.init
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.save_num_checkpoints_to_keep)
         tokenizer = None
         if any(e.type == "downstream" for e in config.evaluators):
@@ -170,8 +140,7 @@ class Run:
                 f"resumed from {where}")
         if self.config.load_path:
             return self._load(Path(self.config.load_path))
-        init = jax.jit(lambda k: init_state(self.config.model, self.optimizer, k), out_shardings=self.state_shardings)
-        return init(jax.random.key(self.config.seed)), f"initialised ({self.config.model.init_fn} init)"
+        return self._init(jax.random.key(self.config.seed)), f"initialised ({self.config.model.init_fn} init)"
 
     def _load(self, path: Path) -> tuple[TrainState, str]:
         if (path / "config.json").exists():  # a Hugging Face directory: weights only

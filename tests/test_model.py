@@ -168,3 +168,27 @@ def test_config_is_frozen() -> None:
     config = tiny_config()
     with pytest.raises(AttributeError):
         config.d_model = 3  # type: ignore[misc]
+
+
+def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_bf16() -> None:
+    from olmo_jax.model import attention_impl
+
+    bf16, fp32 = tiny_config(compute_dtype="bfloat16"), tiny_config()
+    assert attention_impl(bf16) == "xla"  # this CPU machine
+    assert attention_impl(bf16, backend="gpu") == "cudnn"
+    assert attention_impl(fp32, backend="gpu") == "xla"  # cuDNN flash attention takes bf16/fp16 only
+    assert attention_impl(tiny_config(attention_impl="xla", compute_dtype="bfloat16"), backend="gpu") == "xla"
+    assert attention_impl(tiny_config(attention_impl="cudnn", compute_dtype="bfloat16"), backend="gpu") == "cudnn"
+
+
+def test_explicit_cudnn_where_it_cannot_run_is_a_clear_error() -> None:
+    from olmo_jax.model import attention_impl
+
+    config = tiny_config(attention_impl="cudnn", compute_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"attention_impl='cudnn'.*backend is 'cpu'.*Use attention_impl='auto'"):
+        attention_impl(config)
+    with pytest.raises(ValueError, match=r"compute_dtype='float32'"):
+        attention_impl(tiny_config(attention_impl="cudnn"), backend="gpu")
+    params = init_params(tiny_config(), jax.random.key(0))  # the same parameters; the model names the fix too
+    with pytest.raises(ValueError, match=r"needs an NVIDIA GPU"):
+        OLMo(config).apply({"params": params}, jnp.zeros((1, 8), jnp.int32))

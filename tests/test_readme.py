@@ -72,6 +72,7 @@ def test_readme_command_exists_and_its_flags_parse(argv: list[str], monkeypatch:
         assert path.is_file(), f"no file {path}"
         spec = importlib.util.spec_from_file_location(f"readme_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
         monkeypatch.syspath_prepend(str(path.parent))
         spec.loader.exec_module(module)
     if name_of(argv) == "olmo_jax.train":
