@@ -214,35 +214,36 @@ def train(config: TrainConfig) -> int:
     """Run training to `stop_at` or `max_duration`; returns the last completed step."""
     entropy = _prepare_stdlib_corpus(config) if config.data.stdlib_corpus else None
     run = Run(config)
-    state, how = run.initial_state()
-    start = int(state.step)
-    if run.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        print(run.summary(start, how), flush=True)
-        if entropy is not None:
-            print(f"  corpus: unigram entropy {entropy:.3f} nats (a loss below it means the model uses context)")
-    writer = MetricsWriter(run.run_dir, enabled=run.is_main, tensorboard=config.tensorboard,
-                           wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
-    speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
-    step = start
     try:
+        state, how = run.initial_state()
+        start = int(state.step)
+        if run.is_main:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+            print(run.summary(start, how), flush=True)
+            if entropy is not None:
+                print(f"  corpus: unigram entropy {entropy:.3f} nats (a loss below it means the model uses context)")
         if start >= config.last_step:
             print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
             return start
+        writer = MetricsWriter(run.run_dir, enabled=run.is_main, tensorboard=config.tensorboard,
+                               wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
+        speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
         try:
             step, metrics = _loop(run, state, start, writer, speed)
         except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
             raise DataError(f"{e}\nThe run stopped; {_last_good(run)}.") from e
+        finally:
+            writer.close()
         if run.is_main and "train/loss" in metrics:
             versus = f" (corpus unigram entropy {entropy:.3f} nats)" if entropy is not None else ""
-            print(f"Finished at step {step}: loss {metrics['train/loss']:.4f}{versus}; checkpoints in "
+            ended = "Finished" if step == config.last_step else "Stopped"
+            print(f"{ended} at step {step}: loss {metrics['train/loss']:.4f}{versus}; checkpoints in "
                   f"{run.checkpointer.directory}")
+        return step
     finally:
         run.checkpointer.wait()
         run.checkpointer.close()
-        writer.close()
-    return step
 
 
 def _prepare_stdlib_corpus(config: TrainConfig) -> float:
