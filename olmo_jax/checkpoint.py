@@ -37,16 +37,25 @@ def package_versions() -> dict[str, str]:
 
 
 class Checkpointer:
-    """Save and restore train state under `<directory>/<step>/`, keeping the newest `max_to_keep` steps."""
+    """Save and restore train state under `<directory>/<step>/`, keeping the newest `max_to_keep` steps.
 
-    def __init__(self, directory: str | Path, max_to_keep: int | None = None, async_save: bool = True) -> None:
+    `read_only` is for readers of another run's checkpoints (tools, load_path): they must neither create anything
+    nor clean up temporary step directories, which may be saves still in flight in a live run.
+    """
+
+    def __init__(
+        self, directory: str | Path, max_to_keep: int | None = None, async_save: bool = True, read_only: bool = False
+    ) -> None:
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
-            create=True,
-            cleanup_tmp_directories=True,  # half-written steps from a killed run are removed, never read
-            enable_async_checkpointing=async_save,
-            preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep) if max_to_keep else None,
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                create=True,
+                cleanup_tmp_directories=True,  # half-written steps of this run's killed predecessor are removed
+                enable_async_checkpointing=async_save,
+                preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep) if max_to_keep else None,
+            )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -88,20 +97,22 @@ class Checkpointer:
             result = self._manager.restore(step, args=ocp.args.Composite(**items))
         except FileNotFoundError as e:
             raise CheckpointError(
-                f"Checkpoint step {step} in {self.directory} is incomplete or corrupt ({e}). Delete "
-                f"{self.directory / str(step)} to fall back to the previous step {self._previous(step)}."
+                f"Checkpoint step {step} in {self.directory} is incomplete or corrupt ({e}). "
+                f"{self._fallback(step)}"
             ) from e
         except (ValueError, KeyError, OSError) as e:
             raise CheckpointError(
                 f"Checkpoint step {step} in {self.directory} cannot be read into this model ({type(e).__name__}: "
-                f"{str(e)[:300]}). If it is corrupt, delete {self.directory / str(step)} to fall back to "
-                f"step {self._previous(step)}; if the model config changed, restore with the config it was saved with."
+                f"{str(e)[:300]}). If it is corrupt: {self._fallback(step)} If the model config changed, restore "
+                "with the config it was saved with."
             ) from e
         return dict(result.items())
 
-    def _previous(self, step: int) -> int | None:
+    def _fallback(self, step: int) -> str:
         earlier = [s for s in self.all_steps() if s < step]
-        return earlier[-1] if earlier else None
+        if not earlier:
+            return f"There is no earlier checkpoint: delete {self.directory / str(step)} to start over."
+        return f"Delete {self.directory / str(step)} to fall back to the previous step {earlier[-1]}."
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -151,7 +162,7 @@ def open_step(path: str | Path) -> tuple[Checkpointer, int]:
     """A run directory, its checkpoints/ folder or a step folder → (its Checkpointer, the step: given, else the
     newest complete one). The caller closes the Checkpointer."""
     root, step = resolve(path)
-    checkpointer = Checkpointer(root, async_save=False)
+    checkpointer = Checkpointer(root, read_only=True)
     step = checkpointer.latest_step() if step is None else step
     if step is None:
         checkpointer.close()

@@ -14,6 +14,10 @@ import os
 import jax
 
 
+class DistributedError(RuntimeError):
+    """The distributed runtime could not start; the message says what to set."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
     """`enabled`: None (auto) initialises when a coordinator is given or a Slurm / Open MPI job of several tasks is
@@ -34,8 +38,13 @@ class DistributedConfig:
 
 
 def cluster_detected() -> str | None:
-    """The launcher of a multi-task job, if any ("slurm" or "openmpi")."""
-    if int(os.environ.get("SLURM_NTASKS", os.environ.get("SLURM_NPROCS", "1"))) > 1 and "SLURM_JOB_ID" in os.environ:
+    """The launcher of a multi-task job step, if any ("slurm" or "openmpi").
+
+    Slurm counts only inside an `srun` step of several tasks (what JAX's own detection reads): a plain `python ...`
+    in an `sbatch` script of several tasks is one process and must not wait for the others.
+    """
+    slurm_step = {"SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID"} <= set(os.environ)
+    if slurm_step and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         return "slurm"
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return "openmpi"
@@ -49,10 +58,17 @@ def initialize(config: DistributedConfig) -> bool:
     )
     if not wanted:
         return False
-    jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
-        local_device_ids=list(config.local_device_ids) if config.local_device_ids is not None else None,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+            local_device_ids=list(config.local_device_ids) if config.local_device_ids is not None else None,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise DistributedError(
+            f"Could not start JAX's distributed runtime ({type(e).__name__}: {str(e).splitlines()[0][:300]}). Set "
+            "distributed.coordinator_address, num_processes and process_id, launch with srun / mpirun, or set "
+            "distributed.enabled=False for a single process."
+        ) from e
     return True

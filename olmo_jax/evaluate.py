@@ -25,6 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from olmo_jax.data import DataError, TokenFiles
+from olmo_jax.loss import next_token_losses
 from olmo_jax.model import ModelConfig, OLMo
 from olmo_jax.tasks import Doc, Task, TaskDataError, get_task
 from olmo_jax.tokenizer import Tokenizer
@@ -149,18 +150,8 @@ def instance_losses(model: OLMo, params: Any, ids: Array, chunk: int) -> Array:
 
     ids [B, T] → [B] float32. Logits are made `chunk` positions at a time, so [B, T, V] never exists at once.
     """
-    b, t = ids.shape
-    hidden = model.apply({"params": params}, ids, method=OLMo.hidden_states)  # [B, T, D]
-    targets = jnp.concatenate([ids[:, 1:], jnp.zeros((b, 1), ids.dtype)], axis=1)  # the last position predicts nothing
-
-    def chunk_losses(args: tuple[Array, Array]) -> Array:
-        h, y = args  # [B, c, D], [B, c]
-        logits = model.apply({"params": params}, h, method=OLMo.logits)  # [B, c, V]
-        return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-
-    split = lambda x: jnp.moveaxis(x.reshape(b, t // chunk, chunk, *x.shape[2:]), 1, 0)  # [T/c, B, c, ...]
-    losses = jnp.moveaxis(jax.lax.map(chunk_losses, (split(hidden), split(targets))), 0, 1).reshape(b, t)
-    return jnp.sum(losses[:, :-1], axis=-1) / (t - 1)
+    losses, _ = next_token_losses(model, params, ids, chunk)  # [B, T]; the last position predicts nothing
+    return jnp.sum(losses[:, :-1], axis=-1) / (ids.shape[1] - 1)
 
 
 def loss_chunk(t: int, batch_size: int) -> int:
@@ -236,9 +227,9 @@ class Scorer:
             rows = instances[start:start + b]
             ids = np.full((b, t), self.config.pad_token_id, np.int32)
             ids[:len(rows)] = files.read(rows)
-            if ids.max() >= self.config.vocab_size:
+            if ids.view(np.uint32).max() >= self.config.vocab_size:  # a uint32 id ≥ 2^31 reads as negative int32
                 raise DataError(
-                    f"Token id {ids.max()} in {files.paths} is outside the model's vocabulary "
+                    f"Token id {ids.view(np.uint32).max()} in {files.paths} is outside the model's vocabulary "
                     f"({self.config.vocab_size}); is memmap_dtype right, and was the data made with this tokenizer?"
                 )
             outputs.append((len(rows), self._losses(params, ids, chunk=loss_chunk(t, b))))

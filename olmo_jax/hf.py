@@ -51,7 +51,6 @@ def name_table(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
     return table
 
 
-# ------------------------------------------------------------------------------------------------- config.json
 
 
 def to_hf_config(config: ModelConfig) -> dict[str, Any]:
@@ -134,7 +133,6 @@ def from_hf_config(hf: dict[str, Any], vocab_size: int | None = None, **override
         raise HFConversionError(f"config.json describes an invalid model: {e}") from None
 
 
-# ------------------------------------------------------------------------------------------------- import
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -230,7 +228,6 @@ def _expected_shape(config: ModelConfig, path: tuple[str, ...]) -> tuple[int, ..
     return shapes[path[-2] if path[-1] == "kernel" else path[-1]]
 
 
-# ------------------------------------------------------------------------------------------------- export
 
 
 def save_hf(

@@ -211,20 +211,23 @@ def attention_impl(config: ModelConfig, backend: str | None = None) -> Literal["
 KVCache = tuple[Array, Array]  # ([B, S, K, H], [B, S, K, H]) for one layer
 
 
+def projection(config: ModelConfig, features: int, std: float, name: str | None = None) -> nn.Dense:
+    """A bias-free Linear with fp32 parameters computing in the compute dtype, initialised as OLMo does."""
+    return nn.Dense(features, use_bias=False, dtype=config.dtype, param_dtype=jnp.float32, name=name,
+                    kernel_init=truncated_normal(std, init_cutoff(config)))
+
+
 class Attention(nn.Module):
     config: ModelConfig
     layer_id: int
 
     def setup(self) -> None:
         c = self.config
-        stds, cutoff = init_stds(c, self.layer_id), init_cutoff(c)
-        dense = lambda n, std: nn.Dense(
-            n, use_bias=False, dtype=c.dtype, param_dtype=jnp.float32, kernel_init=truncated_normal(std, cutoff)
-        )
-        self.q_proj = dense(c.n_heads * c.head_dim, stds["in_proj"])
-        self.k_proj = dense(c.kv_heads * c.head_dim, stds["in_proj"])
-        self.v_proj = dense(c.kv_heads * c.head_dim, stds["in_proj"])
-        self.o_proj = dense(c.d_model, stds["o_proj"])
+        stds = init_stds(c, self.layer_id)
+        self.q_proj = projection(c, c.n_heads * c.head_dim, stds["in_proj"])
+        self.k_proj = projection(c, c.kv_heads * c.head_dim, stds["in_proj"])
+        self.v_proj = projection(c, c.kv_heads * c.head_dim, stds["in_proj"])
+        self.o_proj = projection(c, c.d_model, stds["o_proj"])
 
     def __call__(
         self, x: Array, positions: Array, cache: KVCache | None = None, cache_index: Array | None = None,
@@ -266,16 +269,12 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         """SwiGLU: down(silu(gate(x)) · up(x)). OLMo's ff_proj rows [0, F) are `up`, [F, 2F) `gate` (§1.5)."""
         c = self.config
-        stds, cutoff = init_stds(c, self.layer_id), init_cutoff(c)
-        dense = lambda n, std, name: nn.Dense(
-            n, use_bias=False, dtype=c.dtype, param_dtype=jnp.float32, kernel_init=truncated_normal(std, cutoff),
-            name=name,
-        )
+        stds = init_stds(c, self.layer_id)
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [B·T, D]: flat matmuls (module docstring)
-        gate = dense(c.mlp_inner, stds["in_proj"], "gate_proj")(x)  # [B·T, F]
-        up = dense(c.mlp_inner, stds["in_proj"], "up_proj")(x)  # [B·T, F]
-        return dense(c.d_model, stds["down_proj"], "down_proj")(nn.silu(gate) * up).reshape(shape)
+        gate = projection(c, c.mlp_inner, stds["in_proj"], "gate_proj")(x)  # [B·T, F]
+        up = projection(c, c.mlp_inner, stds["in_proj"], "up_proj")(x)  # [B·T, F]
+        return projection(c, c.d_model, stds["down_proj"], "down_proj")(nn.silu(gate) * up).reshape(shape)
 
 
 class Block(nn.Module):

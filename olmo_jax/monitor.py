@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,13 @@ def console_line(step: int, last_step: int, metrics: dict[str, float], eta: floa
 class MetricsWriter:
     """Appends metrics to `<run_dir>/metrics.jsonl`, TensorBoard event files and (optionally) Weights & Biases.
 
-    Only process 0 writes; other processes get a writer that does nothing.
+    Given `start_step`, a resumed run first drops what its killed predecessor logged after that step, in all three,
+    so every step is recorded once. Only process 0 writes; other processes get a writer that does nothing.
     """
 
     def __init__(
-        self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, wandb: dict | None = None
+        self, run_dir: Path, start_step: int | None = None, enabled: bool = True, tensorboard: bool = True,
+        wandb: dict | None = None,
     ) -> None:
         self.enabled = enabled
         self._jsonl = None
@@ -120,11 +123,19 @@ class MetricsWriter:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and start_step is not None:
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+        self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (closed in close())
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            purge = start_step + 1 if start_step else None
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         if wandb is not None:
             try:
                 import wandb as wandb_lib
@@ -133,7 +144,10 @@ class MetricsWriter:
                     "wandb.enabled is set but wandb is not installed: pip install 'olmo_jax[wandb]' or set "
                     "--config.wandb.enabled=False."
                 ) from None
-            self._wandb = wandb_lib.init(**wandb)
+            id_file = run_dir / "wandb_id.txt"  # one W&B run across resumes
+            run_id = id_file.read_text().strip() if id_file.exists() else wandb_lib.util.generate_id()
+            id_file.write_text(run_id + "\n")
+            self._wandb = wandb_lib.init(id=run_id, resume="allow", **wandb)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

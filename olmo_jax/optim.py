@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,8 @@ class SchedulerConfig:
             raise ValueError(f"scheduler.name={self.name!r} must be one of {list(SchedulerName.__args__)}.")
         if self.t_warmup < 0 or not 0 <= self.alpha_f <= 1:
             raise ValueError(f"scheduler: t_warmup={self.t_warmup} must be ≥ 0 and alpha_f={self.alpha_f} in [0, 1].")
+        if self.warmup_min_lr is not None and self.warmup_min_lr < 0:
+            raise ValueError(f"scheduler.warmup_min_lr={self.warmup_min_lr} must be ≥ 0 (and below the peak LR).")
 
 
 def olmo_lr(config: SchedulerConfig, peak: float, step: jax.Array | int, max_steps: int) -> jax.Array:
@@ -97,20 +99,16 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-class ClipState(NamedTuple):
-    pass
-
-
 def clip_by_global_norm_olmo(max_norm: float) -> optax.GradientTransformation:
     """Multiply every gradient by min(1, max_norm / (‖g‖ + 1e-6)), as OLMo does (§4.3; optax's own clipping has no
     1e-6 and skips the multiply below the threshold)."""
 
-    def update(updates: Any, state: ClipState, params: Any = None) -> tuple[Any, ClipState]:
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
         del params
         coef = jnp.minimum(1.0, max_norm / (global_norm(updates) + 1e-6))
         return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
-    return optax.GradientTransformation(lambda _: ClipState(), update)
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def make_optimizer(

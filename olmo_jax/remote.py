@@ -140,7 +140,6 @@ class RemoteStore:
                 self._stores[url] = store
         return store
 
-    # ------------------------------------------------------------------------------------------------ sizes
 
     def sizes(self, urls: Sequence[str]) -> list[int]:
         """Byte sizes of many files, asked concurrently."""
@@ -215,7 +214,6 @@ class RemoteStore:
                     lo = max(lo, point + 1)
         return lo
 
-    # ------------------------------------------------------------------------------------------------ reads
 
     def read(self, ranges: Sequence[Range]) -> list[bytes]:
         """The bytes of each (url, start, stop), all requested at once (through the cache when there is one)."""

@@ -89,8 +89,7 @@ def arc(row: Row) -> Doc:
 def copa(row: Row) -> Doc:
     """The premise loses its final period and gains a connective; each choice starts in lower case."""
     connective = "because" if row["question"] == "cause" else "therefore"
-    lower_first = lambda s: s[0].lower() + s[1:]
-    choices = [" " + lower_first(row["choice1"]), " " + lower_first(row["choice2"])]
+    choices = [" " + c[0].lower() + c[1:] for c in (row["choice1"], row["choice2"])]
     return Doc.choices(row["premise"].strip()[:-1] + " " + connective, choices, row["label"])
 
 

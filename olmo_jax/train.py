@@ -12,9 +12,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from olmo_jax.assets import AssetError
 from olmo_jax.checkpoint import CheckpointError
 from olmo_jax.config import ConfigError, TrainConfig
 from olmo_jax.data import DataError
+from olmo_jax.hf import HFConversionError
+from olmo_jax.tasks import TaskDataError
 
 
 def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; overrides look like --config.key=value.")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and XLA log every step of their work at INFO
-    from olmo_jax.distributed import initialize
+    from olmo_jax.distributed import DistributedError, initialize
     from olmo_jax.trainer import TrainingError, train  # after flag parsing: `--help` stays fast
     from olmo_jax.xla_flags import apply_recommended_flags
 
@@ -41,7 +44,8 @@ def main(argv: list[str]) -> None:
         config = TrainConfig.from_dict(_CONFIG.value)
         initialize(config.distributed)  # before any other JAX call
         train(config)
-    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, HFConversionError, AssetError, TaskDataError,
+            DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

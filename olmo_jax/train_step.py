@@ -39,8 +39,9 @@ def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, key
     return new_state(params, optimizer)
 
 
-def new_state(params: Any, optimizer: optax.GradientTransformation, step: int = 0) -> TrainState:
-    return TrainState(jnp.asarray(step, jnp.int32), params, optimizer.init(params), jnp.asarray(True))
+def new_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """Step 0 with a fresh optimizer: the step and the optimizer's update count (which the LR follows) agree."""
+    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), jnp.asarray(True))
 
 
 def make_train_step(
@@ -79,11 +80,8 @@ def make_train_step(
         # A non-finite loss or gradient leaves the state as it was, for this and every later step, so the loop can
         # stop on it (one step later, without a host sync per step) with the last good state intact.
         ok = state.healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(ok, new, old)
-        state = TrainState(
-            keep(state.step + 1, state.step), jax.tree.map(keep, params, state.params),
-            jax.tree.map(keep, opt_state, state.opt_state), ok,
-        )
+        updated = TrainState(state.step + 1, params, opt_state, ok)
+        state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), updated, state._replace(healthy=ok))
         metrics = {
             "train/loss": loss,
             "train/z_loss": Z_LOSS_WEIGHT * z / n_targets,

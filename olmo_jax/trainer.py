@@ -18,20 +18,21 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from olmo_jax import hf
-from olmo_jax.checkpoint import Checkpointer, open_step, package_versions
+from olmo_jax.checkpoint import Checkpointer, model_config_from_meta, open_step, package_versions
 from olmo_jax.config import TrainConfig
 from olmo_jax.data import Batches, DataError, TokenFiles
 from olmo_jax.evaluate import Evaluators
-from olmo_jax.model import ModelConfig
+from olmo_jax.model import ModelConfig, param_shapes
 from olmo_jax.monitor import MetricsWriter, SpeedMonitor, console_line
 from olmo_jax.quickstart import ensure_stdlib_corpus, unigram_entropy
 from olmo_jax.sharding import make_mesh
 from olmo_jax.tokenizer import Tokenizer
 from olmo_jax.train_step import Layout, TrainState, jit_train_step, new_state
 
-# Fields that decide parameter shapes: a checkpoint with other values cannot be restored into this model.
+# Model fields that change what the model computes without changing parameter shapes.
+BEHAVIOUR_FIELDS = ("clip_qkv", "rope_theta", "layer_norm_eps")
 SHAPE_FIELDS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_ratio", "mlp_hidden_size", "embedding_size",
-                "vocab_size", "weight_tying")
+                "weight_tying")
 
 
 class TrainingError(RuntimeError):
@@ -43,7 +44,8 @@ class StopRequest:
 
     With several processes, SIGTERM (a scheduler's preemption notice) is caught by JAX's preemption service
     instead: it tells every process, and all of them stop and save at the same step. A Python SIGTERM handler
-    would exclude that service, so only SIGINT gets one there (send SIGTERM, not Ctrl-C, to a multi-process run).
+    would exclude that service, and a Ctrl-C seen by the processes at different steps would leave one saving while
+    another waits in the next step's collectives; so there Ctrl-C keeps its default meaning: abort.
     """
 
     def __init__(self) -> None:
@@ -52,8 +54,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        signals = (signal.SIGINT,) if self.multiprocess else (signal.SIGTERM, signal.SIGINT)
-        for sig in signals:
+        for sig in () if self.multiprocess else (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -75,25 +76,35 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def data_fingerprint(files: TokenFiles, seed: int) -> dict[str, Any]:
-    return {**files.fingerprint(), "seed": seed}
+def data_fingerprint(files: TokenFiles, seed: int, global_batch_size: int) -> dict[str, Any]:
+    """What decides which instances each step sees: the files, the seed and the global batch size."""
+    return {**files.fingerprint(), "seed": seed, "global_train_batch_size": global_batch_size}
 
 
-def _check_resume(meta: dict[str, Any], config: TrainConfig, fingerprint: dict[str, Any], where: Path) -> None:
-    saved_model = meta.get("model", {})
-    problems = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {getattr(config.model, k)!r}"
-                for k in SHAPE_FIELDS if saved_model.get(k) != getattr(config.model, k)]
-    saved_data = meta.get("data_fingerprint")
+def model_differences(saved: ModelConfig, config: ModelConfig) -> tuple[list[str], bool]:
+    """The fields of `saved` that differ from `config` and change the model, and whether its parameter shapes
+    differ (then no restore is possible)."""
+    shapes_differ = param_shapes(saved) != param_shapes(config)
+    fields = (SHAPE_FIELDS if shapes_differ else ()) + BEHAVIOUR_FIELDS
+    return [f"model.{k}: {getattr(saved, k)!r} vs {getattr(config, k)!r}" for k in fields
+            if getattr(saved, k) != getattr(config, k)], shapes_differ
+
+
+def _check_compatible(saved_model: ModelConfig, saved_data: dict[str, Any] | None, config: TrainConfig,
+                      fingerprint: dict[str, Any], where: Path, fix: str) -> None:
+    """Refuse to continue from a checkpoint made for another model or other data, unless allowed."""
+    problems, shapes_differ = model_differences(saved_model, config.model)
     if saved_data is not None and saved_data != fingerprint:
         changed = sorted(k for k in fingerprint if saved_data.get(k) != fingerprint[k])
-        problems.append(f"data ({', '.join(changed)}): checkpoint {[saved_data.get(k) for k in changed]} vs "
-                        f"config {[fingerprint[k] for k in changed]}")
+        problems.append(f"data ({', '.join(changed)}): {[saved_data.get(k) for k in changed]} vs "
+                        f"{[fingerprint[k] for k in changed]}")
+    if shapes_differ:
+        listing = "\n  - ".join(problems)
+        raise TrainingError(f"{where} does not fit config.model (checkpoint vs config):\n  - {listing}")
     if problems and not config.allow_resume_mismatch:
         raise TrainingError(
-            f"Cannot resume from {where}: this run's config differs from the checkpoint's:\n  - "
-            + "\n  - ".join(problems)
-            + "\nUse a new save_folder for a different run, or set --config.allow_resume_mismatch=True to resume "
-            "anyway (model shapes must still match)."
+            f"{where} was made for another run (checkpoint vs config):\n  - " + "\n  - ".join(problems)
+            + f"\n{fix}, or set --config.allow_resume_mismatch=True to continue anyway."
         )
 
 
@@ -118,66 +129,59 @@ class Run:
         self.optimizer, self.schedule, self.train_step = jitted.optimizer, jitted.schedule, jitted.train_step
         self.state_shardings, self.abstract_state = jitted.state_shardings, jitted.abstract_state
         self.batch_sharding, self._init = jitted.batch_sharding, jitted.init
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.save_num_checkpoints_to_keep)
         tokenizer = None
         if any(e.type == "downstream" for e in config.evaluators):
             tokenizer = Tokenizer.load(config.tokenizer, model.eos_token_id, model.pad_token_id)
-        self.evaluators = Evaluators(config.evaluators, model, tokenizer, config.device_eval_batch_size,
-                                     config.data.memmap_dtype) if config.evaluators else None
+        self.evaluators = None
+        if config.evaluators:
+            self.evaluators = Evaluators(config.evaluators, model, tokenizer, config.device_eval_batch_size,
+                                         config.data.memmap_dtype)
+            self.evaluators.prepare()  # a missing eval set fails now, not at the first evaluation hours later
         self.tokens_per_step = self.layout.global_batch * model.max_sequence_length
-
-    # -------------------------------------------------------------------------------------------- state set-up
+        self.fingerprint = data_fingerprint(self.files, self.seed, self.layout.global_batch)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.save_num_checkpoints_to_keep)
 
     def initial_state(self) -> tuple[TrainState, str]:
         """Resume from this run's newest complete checkpoint, else start from load_path, else initialise."""
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            where = self.checkpointer.directory / str(latest)
-            _check_resume(self.checkpointer.meta(latest), self.config, self.fingerprint, where)
-            params, opt_state, _ = self.checkpointer.restore(
-                latest, self.abstract_state.params, self.abstract_state.opt_state)
-            return TrainState(jnp.asarray(latest, jnp.int32), params, opt_state, jnp.asarray(True)), (
-                f"resumed from {where}")
+            return self._from_checkpoint(self.checkpointer, latest, resuming=True)
         if self.config.load_path:
-            return self._load(Path(self.config.load_path))
+            path = Path(self.config.load_path)
+            if (path / "config.json").exists():  # a Hugging Face directory: weights only
+                hf_config, params = hf.load_hf(path)
+                _check_compatible(hf_config, None, self.config, self.fingerprint, path,
+                                  "Use a config matching the HF model")
+                return self._fresh_optimizer(params), f"loaded weights from HF directory {path}"
+            source, step = open_step(path)
+            try:
+                return self._from_checkpoint(source, step, resuming=False)
+            finally:
+                source.close()
         return self._init(jax.random.key(self.config.seed)), f"initialised ({self.config.model.init_fn} init)"
 
-    def _load(self, path: Path) -> tuple[TrainState, str]:
-        if (path / "config.json").exists():  # a Hugging Face directory: weights only
-            hf_config, params = hf.load_hf(path)
-            self._check_shapes(hf_config, path)
-            return self._fresh_optimizer(params), f"loaded weights from HF directory {path}"
-        source, step = open_step(path)
-        root = source.directory
-        try:
-            meta = source.meta(step)
-            weights_only = self.config.reset_optimizer_state or not (root / str(step) / "opt_state").exists()
-            if weights_only:
-                params, _, _ = source.restore(step, self.abstract_state.params)
-                return self._fresh_optimizer(params), f"loaded weights of {root / str(step)} (new optimizer state)"
-            _check_resume(meta, self.config, self.fingerprint, root / str(step))
-            params, opt_state, _ = source.restore(step, self.abstract_state.params, self.abstract_state.opt_state)
-            state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True))
-            return state, f"loaded full state of {root / str(step)}"
-        finally:
-            source.close()
-
-    def _check_shapes(self, loaded: ModelConfig, where: Path) -> None:
-        diff = [f"{k}: {getattr(loaded, k)!r} vs {getattr(self.config.model, k)!r}" for k in SHAPE_FIELDS
-                if k != "vocab_size" and getattr(loaded, k) != getattr(self.config.model, k)]
-        if diff:
-            raise TrainingError(f"load_path={where} does not fit config.model (loaded vs config): {'; '.join(diff)}")
+    def _from_checkpoint(self, source: Checkpointer, step: int, resuming: bool) -> tuple[TrainState, str]:
+        """The full state of `step` (resume, or load_path), or its weights alone with a new optimizer at step 0 (a
+        weights-only checkpoint such as a converted HF model, or load_path with reset_optimizer_state)."""
+        where = source.directory / str(step)
+        meta = source.meta(step)
+        saved_model = model_config_from_meta(meta)
+        weights_only = not (where / "opt_state").exists() or (self.config.reset_optimizer_state and not resuming)
+        fix = ("Use a new save_folder for a different run" if resuming else
+               "Set --config.reset_optimizer_state=True to take only its weights")
+        _check_compatible(saved_model, None if weights_only else meta.get("data_fingerprint"), self.config,
+                          self.fingerprint, where, fix)
+        if weights_only:
+            params, _, _ = source.restore(step, self.abstract_state.params)
+            return self._fresh_optimizer(params), f"loaded the weights of {where} (new optimizer state, step 0)"
+        params, opt_state, _ = source.restore(step, self.abstract_state.params, self.abstract_state.opt_state)
+        state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True))
+        return state, f"{'resumed from' if resuming else 'loaded the full state of'} {where}"
 
     def _fresh_optimizer(self, params: Any) -> TrainState:
         params = jax.device_put(params, self.state_shardings.params)
         make = jax.jit(lambda p: new_state(p, self.optimizer), out_shardings=self.state_shardings)
         return make(params)
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return data_fingerprint(self.files, self.seed)
-
-    # -------------------------------------------------------------------------------------------- checkpoints
 
     def save(self, state: TrainState, step: int) -> None:
         meta = {
@@ -224,9 +228,10 @@ def train(config: TrainConfig) -> int:
             if entropy is not None:
                 print(f"  corpus: unigram entropy {entropy:.3f} nats (a loss below it means the model uses context)")
         if start >= config.last_step:
-            print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
+            if run.is_main:
+                print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
             return start
-        writer = MetricsWriter(run.run_dir, enabled=run.is_main, tensorboard=config.tensorboard,
+        writer = MetricsWriter(run.run_dir, start, enabled=run.is_main, tensorboard=config.tensorboard,
                                wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
         speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
         try:
@@ -297,6 +302,7 @@ def _loop(
                 run.save(state, step)
                 paused = True
             if stopping:
+                run.checkpointer.wait()  # say "saved" only once it is
                 if run.is_main:
                     bar.write(f"Stopped by {stopping} after step {step}; checkpoint saved in "
                               f"{run.checkpointer.directory / str(step)}. Rerun the same command to resume.")
@@ -336,7 +342,7 @@ def _last_good(run: Run) -> str:
 def _wandb_kwargs(config: TrainConfig) -> dict[str, Any]:
     w = config.wandb
     return {"project": w.project, "entity": w.entity, "group": w.group, "name": w.name or config.run_name,
-            "config": dataclasses.asdict(config), "resume": "allow"}
+            "config": dataclasses.asdict(config)}
 
 
 __all__ = ["Layout", "Run", "TrainingError", "train"]

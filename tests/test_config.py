@@ -22,7 +22,7 @@ def test_1b_config_is_the_reference_recipe() -> None:
     assert (c.save_interval, c.seed) == (1000, 6198)
 
 
-def test_tiny_config_builds_and_runs_in_fp32() -> None:
+def test_tiny_config_is_fp32_with_the_real_vocabulary() -> None:
     c = load_config(ROOT / "configs/tiny.py")
     assert c.model.compute_dtype == "float32"
     assert c.model.vocab_size == 50280 and c.model.embedding_size == 50304

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, run_python
 
 from olmo_jax.config import ConfigError, load_config
-from olmo_jax.data import Batches, DataError, Prefetcher, TokenFiles, batch_layout, global_indices
+from olmo_jax.data import Batches, DataError, TokenFiles, batch_layout, global_indices
+from olmo_jax.prefetch import Prefetcher
 
 T = 16  # instance length in these tests
 
@@ -126,7 +127,10 @@ def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_tail(tmp_path: Path)
 
 def test_batches_are_a_pure_function_of_the_step_and_resume_matches(tmp_path: Path) -> None:
     files = TokenFiles(numbered_files(tmp_path, [9, 8]), "uint16", T)
-    make = lambda: Batches(files, seed=6198, global_batch_size=4, grad_accum=2, vocab_size=50_280)
+
+    def make() -> Batches:
+        return Batches(files, seed=6198, global_batch_size=4, grad_accum=2, vocab_size=50_280)
+
     n, k = 10, 6  # crosses the epoch boundary (4 batches per epoch)
     with make().prefetch(0, n, depth=2) as it:
         straight = list(it)
@@ -286,7 +290,7 @@ def test_leaving_the_loop_early_and_transform_in_the_thread(tmp_path: Path) -> N
 
 _SHUTDOWN_SCRIPT = """
 import sys, time
-from olmo_jax.data import Prefetcher
+from olmo_jax.prefetch import Prefetcher
 mode = sys.argv[1]
 def make(step):
     time.sleep(0.01)

@@ -120,7 +120,10 @@ def test_filters_match_transformers_warpers() -> None:
 
 def test_top_p_on_hand_made_distribution() -> None:
     logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
-    kept = lambda **kw: np.flatnonzero(~np.isinf(np.asarray(filter_logits(logits, **kw)[0]))).tolist()
+
+    def kept(**kw: float) -> list[int]:
+        return np.flatnonzero(~np.isinf(np.asarray(filter_logits(logits, **kw)[0]))).tolist()
+
     assert kept(top_p=0.79) == [1, 3]  # 0.5 + 0.3 reaches 0.79
     assert kept(top_p=0.81) == [1, 2, 3]
     assert kept(top_p=0.01) == [1]  # the most likely token always survives
@@ -149,7 +152,10 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy() -> None:
     config = tiny_config(init_fn="normal", init_std=0.1)  # a flatter distribution: samples differ from greedy
     params = init_params(config, jax.random.key(2))
     prompts = _prompts([4, 9], config.vocab_size, seed=2)
-    sample = lambda seed, **kw: generate(config, params, prompts, 16, temperature=1.0, seed=seed, **kw)
+
+    def sample(seed: int, **kw: float) -> list[list[int]]:
+        return generate(config, params, prompts, 16, temperature=1.0, seed=seed, **kw)
+
     assert sample(7) == sample(7)
     assert sample(7) != sample(8)
     greedy = generate(config, params, prompts, 16)

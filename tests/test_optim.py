@@ -76,6 +76,9 @@ def test_olmo_clipping_coefficient() -> None:
     grads = {"a": jnp.array([3.0, 4.0])}  # norm 5
     clipped, _ = clip_by_global_norm_olmo(1.0).update(grads, None)
     np.testing.assert_allclose(clipped["a"], np.array([3.0, 4.0]) / (5 + 1e-6), rtol=1e-7)
+    tiny = {"a": jnp.array([0.0, 2e-6])}  # where the +1e-6 matters: coefficient 1e-6 / 3e-6, not 1e-6 / 2e-6
+    clipped, _ = clip_by_global_norm_olmo(1e-6).update(tiny, None)
+    np.testing.assert_allclose(clipped["a"][1], 2e-6 / 3, rtol=1e-5)
     small = {"a": jnp.array([0.3, 0.4])}  # below the threshold: multiplied by 1
     np.testing.assert_array_equal(clip_by_global_norm_olmo(1.0).update(small, None)[0]["a"], small["a"])
 

@@ -45,7 +45,8 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.Cap
     assert "unigram entropy" in out and "Finished at step 4" in out
     last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert last["step"] == 4 and "eval/downstream/hellaswag_len_norm" in last and "eval/downstream/copa_acc" in last
-    assert 1 < last["eval/stdlib_heldout/Perplexity"] < 200_000  # near the 50,304-way uniform at step 4
+    # After 4 steps the model is barely trained: perplexity of the order of the 50,304-row vocabulary.
+    assert 5_000 < last["eval/stdlib_heldout/Perplexity"] < 4 * 50_304
     files = TokenFiles([train_path, heldout_path(train_path)], "uint16", 128)
     assert files.num_instances > 10_000  # ~1.8M tokens
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [2, 4]

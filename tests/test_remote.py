@@ -16,7 +16,7 @@ import pytest
 from conftest import run_python
 from test_data import T, expected_rows, numbered_files
 
-from olmo_jax import data
+from olmo_jax import prefetch
 from olmo_jax.data import Batches, DataConfig, DataError, TokenFiles
 from olmo_jax.remote import RemoteError, RemoteOptions, RemoteStore, is_url, kvstore_spec
 from tools.range_server import RangeServer
@@ -203,7 +203,7 @@ def test_unanswered_requests_are_reissued_then_given_up(server: RangeServer) -> 
 
 
 def test_closing_does_not_wait_for_a_stalled_read(server: RangeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_JOIN_S", 0.3)
+    monkeypatch.setattr(prefetch, "_JOIN_S", 0.3)
     batches = Batches(TokenFiles(urls(server), "uint16", T, remote=FAST), 6198, 8, 2)
     server.fail(None, delay=5.0)  # every request hangs for 5 s, well within the 10 s timeout
     it = batches.prefetch(0, 10, depth=2)

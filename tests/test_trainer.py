@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -131,14 +133,16 @@ def _safe_losses(run_dir: Path) -> dict[int, float]:
         return {}
 
 
-def test_sigterm_checkpoints_exits_0_and_the_rerun_continues(tokens: Path, tmp_path: Path) -> None:
-    long = ("max_duration=2000", "save_interval=1000")  # long enough that SIGTERM lands mid-run
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_checkpoints_exits_0_and_the_rerun_continues(tokens: Path, tmp_path: Path,
+                                                                       sig: signal.Signals) -> None:
+    long = ("max_duration=2000", "save_interval=1000")  # long enough that the signal lands mid-run
     proc = _cli(tokens, tmp_path / "run", *long)
     _wait_for(lambda: 3 in _safe_losses(tmp_path / "run"), proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
-    assert "Stopped by SIGTERM" in out
+    assert f"Stopped by {sig.name}" in out
     stopped_at = max(_losses(tmp_path / "run"))
     assert stopped_at < 2000
     assert [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()] == [stopped_at]
@@ -152,8 +156,8 @@ def test_sigterm_checkpoints_exits_0_and_the_rerun_continues(tokens: Path, tmp_p
 def test_half_written_checkpoint_is_ignored(tokens: Path, tmp_path: Path, straight: dict[int, float]) -> None:
     train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=4")))
     ckpts = tmp_path / "checkpoints"
-    shutil.copytree(ckpts / "4", ckpts / "8.orbax-checkpoint-tmp-1234")  # what a kill mid-save leaves
-    shutil.rmtree(ckpts / "8.orbax-checkpoint-tmp-1234" / "params")
+    shutil.copytree(ckpts / "4", ckpts / "8.orbax-checkpoint-tmp")  # what a kill mid-save leaves
+    shutil.rmtree(ckpts / "8.orbax-checkpoint-tmp" / "params")
     train(load_config(MICRO, _overrides(tokens, tmp_path)))
     assert _losses(tmp_path) == straight
 
@@ -163,18 +167,24 @@ def test_corrupt_checkpoint_is_rejected_clearly(tokens: Path, tmp_path: Path) ->
     for path in (tmp_path / "checkpoints" / "8" / "params").rglob("*"):
         if path.is_file() and path.name != "_METADATA" and "manifest" not in path.name:
             path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"step 8 .*delete .*checkpoints/8 to fall back to (the previous )?"
+    with pytest.raises(CheckpointError, match=r"step 8 .*[Dd]elete .*checkpoints/8 to fall back to (the previous )?"
                                               r"step 4"):
         train(load_config(MICRO, _overrides(tokens, tmp_path)))
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tokens: Path, tmp_path: Path) -> None:
+    from olmo_jax.checkpoint import load_params
+
     config = load_config(MICRO, _overrides(tokens, tmp_path, "optimizer.learning_rate=1e30", "save_interval=1",
                                            "scheduler.name=constant"))
-    with pytest.raises(TrainingError, match=r"Non-finite training signal at step (\d+).*last good checkpoint is step"):
+    with pytest.raises(TrainingError, match=r"Non-finite training signal at step (\d+).*last good checkpoint is step "
+                                            r"(\d+)") as error:
         train(config)
+    bad_step, kept = (int(x) for x in re.search(r"at step (\d+).*checkpoint is step (\d+)", str(error.value)).groups())
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
-    assert steps and steps[-1] < 12
+    assert steps[-1] == kept == bad_step - 1 < 12  # stopped before the bad update; nothing after it was saved
+    _, params, _ = load_params(tmp_path)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
 def test_resume_with_different_data_is_refused_unless_allowed(tokens: Path, tmp_path: Path) -> None:
@@ -183,8 +193,12 @@ def test_resume_with_different_data_is_refused_unless_allowed(tokens: Path, tmp_
     np.fromfile(tokens, np.uint16)[:-16].tofile(other)
     with pytest.raises(TrainingError, match=r"data \(paths, sizes\)"):
         train(load_config(MICRO, _overrides(other, tmp_path)))
-    with pytest.raises(TrainingError, match=r"model\.d_model: checkpoint 32 vs config 64"):
+    with pytest.raises(TrainingError, match=r"does not fit config\.model .*\n  - model\.d_model: 32 vs 64"):
         train(load_config(MICRO, _overrides(tokens, tmp_path, "model.d_model=64")))
+    with pytest.raises(TrainingError, match=r"data \(global_train_batch_size\): \[8\] vs \[4\]"):
+        train(load_config(MICRO, _overrides(tokens, tmp_path, "global_train_batch_size=4")))
+    with pytest.raises(TrainingError, match=r"model\.clip_qkv: None vs 2\.0"):
+        train(load_config(MICRO, _overrides(tokens, tmp_path, "model.clip_qkv=2.0")))
     assert train(load_config(MICRO, _overrides(other, tmp_path, "allow_resume_mismatch=True"))) == 12
 
 
@@ -193,12 +207,13 @@ def test_load_path_weights_only_and_full_state(tokens: Path, tmp_path: Path, str
     train(load_config(MICRO, _overrides(tokens, first, "stop_at=6")))
     full = tmp_path / "full"
     train(load_config(MICRO, _overrides(tokens, full, f"load_path={first}")))
-    assert {s: v for s, v in _losses(full).items()} == {s: straight[s] for s in range(7, 13)}
+    assert _losses(full) == {s: straight[s] for s in range(7, 13)}  # continues exactly where `first` stopped
     weights = tmp_path / "weights"
     train(load_config(MICRO, _overrides(tokens, weights, f"load_path={first}", "reset_optimizer_state=True",
                                         "stop_at=2")))
     losses = _losses(weights)
-    assert sorted(losses) == [1, 2] and losses[1] < straight[1]  # starts at step 0 from trained weights
+    assert sorted(losses) == [1, 2]  # a new run at step 0: batch 0 again, from trained weights
+    assert losses[1] < straight[1] and losses[1] != straight[7]
 
 
 def test_load_path_from_hf_directory(tokens: Path, tmp_path: Path) -> None:
@@ -209,7 +224,32 @@ def test_load_path_from_hf_directory(tokens: Path, tmp_path: Path) -> None:
     config, params, _ = load_params(tmp_path / "a")
     save_hf(config, params, tmp_path / "hf")
     train(load_config(MICRO, _overrides(tokens, tmp_path / "b", f"load_path={tmp_path / 'hf'}", "stop_at=1")))
-    assert _losses(tmp_path / "b")[1] < _losses(tmp_path / "a")[1]
+    train(load_config(MICRO, _overrides(tokens, tmp_path / "c", f"load_path={tmp_path / 'a'}",
+                                        "reset_optimizer_state=True", "stop_at=1")))
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "c")  # the same weights, whichever way they came
+    with pytest.raises(TrainingError, match=r"model\.clip_qkv: None vs 8\.0"):
+        train(load_config(MICRO, _overrides(tokens, tmp_path / "d", f"load_path={tmp_path / 'hf'}",
+                                            "model.clip_qkv=8.0")))
+
+
+def test_weights_only_checkpoint_in_the_run_directory_starts_from_its_weights(tokens: Path, tmp_path: Path) -> None:
+    from olmo_jax.checkpoint import load_params, save_params
+
+    train(load_config(MICRO, _overrides(tokens, tmp_path / "a", "stop_at=6")))
+    config, params, _ = load_params(tmp_path / "a")
+    save_params(tmp_path / "b", config, params)  # what tools/convert_from_hf.py writes
+    train(load_config(MICRO, _overrides(tokens, tmp_path / "b", "stop_at=1")))
+    train(load_config(MICRO, _overrides(tokens, tmp_path / "c", f"load_path={tmp_path / 'a'}",
+                                        "reset_optimizer_state=True", "stop_at=1")))
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "c")
+
+
+def test_resumed_metrics_record_each_step_once(tokens: Path, tmp_path: Path) -> None:
+    train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=6", "save_interval=4")))
+    shutil.rmtree(tmp_path / "checkpoints" / "6")  # as if killed after logging steps 5 and 6
+    train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=8")))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
 
 
 def test_batch_arithmetic_error_names_all_three() -> None:

@@ -1,0 +1,67 @@
+"""Checkpoints: path forms, weights-only checkpoints, readers that never touch a live run's saves in flight."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from olmo_jax.checkpoint import Checkpointer, CheckpointError, load_params, open_step, resolve, save_params
+from olmo_jax.model import init_params
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, dict]:
+    config = tiny_config()
+    params = init_params(config, jax.random.key(0))
+    checkpointer = Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)
+    for step in (3, 7):
+        checkpointer.save(step, params, {"model": config, "step": step})
+    checkpointer.wait()
+    checkpointer.close()
+    return tmp_path / "run", params
+
+
+def test_every_path_form_resolves(saved: tuple[Path, dict]) -> None:
+    run, _ = saved
+    assert resolve(run) == (run / "checkpoints", None)
+    assert resolve(run / "checkpoints") == (run / "checkpoints", None)
+    assert resolve(run / "checkpoints" / "3") == (run / "checkpoints", 3)
+    for path, step in ((run, 7), (run / "checkpoints", 7), (run / "checkpoints" / "3", 3)):
+        checkpointer, found = open_step(path)
+        checkpointer.close()
+        assert found == step
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve(run / "nope")
+
+
+def test_readers_leave_a_save_in_flight_alone(saved: tuple[Path, dict]) -> None:
+    run, params = saved
+    in_flight = run / "checkpoints" / "9.orbax-checkpoint-tmp"  # a live run's unfinished save, as Orbax names it
+    in_flight.mkdir()
+    _, loaded, meta = load_params(run)
+    checkpointer, step = open_step(run)
+    time.sleep(1.5)  # a writing CheckpointManager would have removed it by now, in a background thread
+    checkpointer.close()
+    assert meta["step"] == step == 7 and in_flight.exists()
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
+
+
+def test_weights_only_checkpoint_refuses_a_full_restore(tmp_path: Path) -> None:
+    config = tiny_config()
+    step_dir = save_params(tmp_path, config, init_params(config, jax.random.key(0)))
+    assert step_dir == tmp_path.absolute() / "checkpoints" / "0"
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        checkpointer.restore(0, {}, {"something": 1})
+    checkpointer.close()
+
+
+def test_an_empty_directory_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
+        load_params(tmp_path)
