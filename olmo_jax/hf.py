@@ -18,7 +18,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from olmo_jax.model import ModelConfig
+from olmo_jax.model import ModelConfig, param_shapes
 
 Params = dict[str, Any]
 
@@ -49,8 +49,6 @@ def name_table(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
         for hf_name, (path, transposed) in _LAYER_NAMES.items():
             table[hf_name.format(i=i)] = (tuple(p.format(i=i) for p in path), transposed)
     return table
-
-
 
 
 def to_hf_config(config: ModelConfig) -> dict[str, Any]:
@@ -133,8 +131,6 @@ def from_hf_config(hf: dict[str, Any], vocab_size: int | None = None, **override
         raise HFConversionError(f"config.json describes an invalid model: {e}") from None
 
 
-
-
 def _safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
@@ -186,6 +182,7 @@ def load_hf(path: str | Path, **config_overrides: Any) -> tuple[ModelConfig, Par
     config = from_hf_config(json.loads((path / "config.json").read_text()), _tokenizer_vocab_size(path),
                             **config_overrides)
     table = name_table(config)
+    shapes = param_shapes(config)  # the model's own parameter tree, as ShapeDtypeStructs
     params: Params = {}
     unexpected = []
     for name, tensor in _tensors(_safetensors_files(path)):
@@ -196,7 +193,10 @@ def load_hf(path: str | Path, **config_overrides: Any) -> tuple[ModelConfig, Par
             continue
         target, transposed = table.pop(name)
         array = np.asarray(tensor, dtype=np.float32)
-        params_shape = _expected_shape(config, target)
+        node_shape: Any = shapes
+        for key in target:
+            node_shape = node_shape[key]
+        params_shape = tuple(node_shape.shape)
         if (array.T if transposed else array).shape != params_shape:
             hf_shape = params_shape[::-1] if transposed else params_shape
             raise HFConversionError(
@@ -216,18 +216,6 @@ def load_hf(path: str | Path, **config_overrides: Any) -> tuple[ModelConfig, Par
             f"{path}: {len(table)} tensors that config.json requires are missing, e.g. {sorted(table)[:5]}."
         )
     return config, params
-
-
-def _expected_shape(config: ModelConfig, path: tuple[str, ...]) -> tuple[int, ...]:
-    d, f, v = config.d_model, config.mlp_inner, config.padded_vocab
-    kv = config.kv_heads * config.head_dim
-    shapes = {
-        "embedding": (v, d), "lm_head": (d, v), "q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv),
-        "o_proj": (d, d), "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d),
-    }
-    return shapes[path[-2] if path[-1] == "kernel" else path[-1]]
-
-
 
 
 def save_hf(

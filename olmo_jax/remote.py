@@ -140,7 +140,6 @@ class RemoteStore:
                 self._stores[url] = store
         return store
 
-
     def sizes(self, urls: Sequence[str]) -> list[int]:
         """Byte sizes of many files, asked concurrently."""
         if not urls:
@@ -213,7 +212,6 @@ class RemoteStore:
                 else:
                     lo = max(lo, point + 1)
         return lo
-
 
     def read(self, ranges: Sequence[Range]) -> list[bytes]:
         """The bytes of each (url, start, stop), all requested at once (through the cache when there is one)."""
