@@ -173,19 +173,28 @@ def layer_norm(x: Array, eps: float) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-def apply_rope(x: Array, positions: Array, theta: float) -> Array:
-    """Rotary embedding on all head dims in HF's rotate-half layout, computed in fp32 (§1.4).
+Rope = tuple[Array, Array]  # cos, sin: [B, T, 1, H] fp32
 
-    x: [B, T, N, H]; positions: [B, T] integer positions. Returns x's dtype.
+
+def rope_tables(positions: Array, head_dim: int, theta: float) -> Rope:
+    """cos and sin of each position's rotary angles in HF's rotate-half layout (§1.4); positions: [B, T] integers.
+
+    Made once per forward pass and shared by every layer: XLA fuses trigonometry into its consumers, so tables made
+    inside each attention layer were recomputed for every head of q and of k, in every layer.
     """
-    h = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))  # [H/2]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # [H/2]
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, H]
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, rope: Rope) -> Array:
+    """Rotary embedding on all head dims, computed in fp32 (§1.4). x: [B, T, N, H]; returns x's dtype."""
+    cos, sin = rope
     x32 = x.astype(jnp.float32)
     x1, x2 = jnp.split(x32, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x32 * jnp.cos(emb) + rotated * jnp.sin(emb)).astype(x.dtype)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 def attention_impl(config: ModelConfig, backend: str | None = None) -> Literal["xla", "cudnn"]:
@@ -206,6 +215,37 @@ def attention_impl(config: ModelConfig, backend: str | None = None) -> Literal["
             "on a GPU in bf16, XLA elsewhere) or 'xla', or train with precision='amp_bf16' on a GPU."
         )
     return config.attention_impl
+
+
+def causal_attention(q: Array, k: Array, v: Array, impl: Literal["xla", "cudnn"], block: int = 128) -> Array:
+    """Causal self-attention: q [B, T, N, H], k and v [B, T, K, H] → [B, T, N, H].
+
+    "cudnn" is cuDNN's flash attention. "xla" is written out here instead of calling
+    `jax.nn.dot_product_attention(implementation="xla")`, with the same numerics (fp32 scores and softmax,
+    probabilities cast to v's dtype) but less work: queries go in blocks of `block` positions (at most 8 blocks),
+    each attending only to keys up to its last position, so most of the masked upper triangle is never computed;
+    heads move in front of time once, so each product is a plain batched matmul; and `jax.nn.softmax` brings its
+    own lean derivative rule. On the 2-core CPU (B 8, T 256, 4 heads of 64) forward + backward take 11.5 ms against
+    the generic path's 38 ms; in the whole train step that is ~2% (README, "Performance").
+    """
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    # [B, K, G, T, H] queries (G query heads share each key/value head), [B, K, T, H] keys and values.
+    q = jnp.moveaxis(q.reshape(b, t, kv, n // kv, h), 1, 3) * jnp.asarray(h**-0.5, q.dtype)
+    k, v = jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)
+    block = max(block, -(-t // 8))
+    outs = []
+    for start in range(0, t, block):
+        end = min(start + block, t)
+        scores = jnp.einsum("bkgth,bksh->bkgts", q[:, :, :, start:end], k[:, :, :end],
+                            preferred_element_type=jnp.float32)  # [B, K, G, end − start, end]
+        causal = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
+        outs.append(jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v[:, :, :end]))
+    out = jnp.concatenate(outs, axis=3)  # [B, K, G, T, H]
+    return jnp.moveaxis(out, 3, 1).reshape(b, t, n, h)
 
 
 KVCache = tuple[Array, Array]  # ([B, S, K, H], [B, S, K, H]) for one layer
@@ -230,10 +270,10 @@ class Attention(nn.Module):
         self.o_proj = projection(c, c.d_model, stds["o_proj"])
 
     def __call__(
-        self, x: Array, positions: Array, cache: KVCache | None = None, cache_index: Array | None = None,
+        self, x: Array, rope: Rope, cache: KVCache | None = None, cache_index: Array | None = None,
         key_mask: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
-        """x: [B, T, D] → [B, T, D].
+        """x: [B, T, D] → [B, T, D]; rope: the forward pass's `rope_tables`.
 
         Training and scoring pass no cache: plain causal attention. Decoding passes `cache` (this layer's keys and
         values for S slots), `cache_index` (the slot of x's first token) and `key_mask` [B, S] (False for
@@ -245,11 +285,11 @@ class Attention(nn.Module):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if c.clip_qkv is not None:
             q, k, v = (jnp.clip(y, -c.clip_qkv, c.clip_qkv) for y in (q, k, v))
-        q = apply_rope(q.reshape(b, t, c.n_heads, c.head_dim), positions, c.rope_theta)  # [B, T, N, H]
-        k = apply_rope(k.reshape(b, t, c.kv_heads, c.head_dim), positions, c.rope_theta)  # [B, T, K, H]
+        q = apply_rope(q.reshape(b, t, c.n_heads, c.head_dim), rope)  # [B, T, N, H]
+        k = apply_rope(k.reshape(b, t, c.kv_heads, c.head_dim), rope)  # [B, T, K, H]
         v = v.reshape(b, t, c.kv_heads, c.head_dim)  # [B, T, K, H]
         if cache is None:
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention_impl(c))
+            out = causal_attention(q, k, v, attention_impl(c))
         else:
             k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), cache_index, axis=1)
             v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), cache_index, axis=1)
@@ -285,12 +325,12 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, positions: Array, cache: KVCache | None = None, cache_index: Array | None = None,
+        self, x: Array, rope: Rope, cache: KVCache | None = None, cache_index: Array | None = None,
         key_mask: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
         c = self.config
         attn, cache = Attention(c, self.layer_id, name="self_attn")(
-            layer_norm(x, c.layer_norm_eps), positions, cache, cache_index, key_mask
+            layer_norm(x, c.layer_norm_eps), rope, cache, cache_index, key_mask
         )
         x = x + attn.astype(x.dtype)
         x = x + MLP(c, self.layer_id, name="mlp")(layer_norm(x, c.layer_norm_eps)).astype(x.dtype)
@@ -356,8 +396,9 @@ class OLMo(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         # The residual stream runs in the compute dtype, as OLMo's does under autocast (§1.7).
         x = self.embed_tokens(input_ids).astype(self.config.dtype)  # [B, T, D]
+        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         for layer in self.layers:
-            x, _ = layer(x, positions)
+            x, _ = layer(x, rope)
         return layer_norm(x, self.config.layer_norm_eps)
 
     def logits(self, hidden: Array) -> Array:
@@ -381,9 +422,10 @@ class OLMo(nn.Module):
         with last_only, logits [B, 1, V] of the last position, all a prefill needs (XLA does not drop the others).
         """
         x = self.embed_tokens(input_ids).astype(self.config.dtype)
+        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         new_cache = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
-            x, layer_cache = layer(x, positions, layer_cache, cache_index, key_mask)
+            x, layer_cache = layer(x, rope, layer_cache, cache_index, key_mask)
             new_cache.append(layer_cache)
         if last_only:
             x = x[:, -1:]
