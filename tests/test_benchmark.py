@@ -3,6 +3,7 @@ being the trainer's, tools/bench_vs_torch.py and the GPU sweep driver (tools/gpu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -92,6 +93,26 @@ def test_bench_vs_torch_prints_both_throughputs_and_their_ratio() -> None:
     # Same weights, batches, loss and optimizer: the same losses, step after step, to float rounding.
     assert r["jax"]["first_loss"] == pytest.approx(r["torch"]["first_loss"], rel=1e-5)
     assert r["jax"]["loss"] == pytest.approx(r["torch"]["loss"], rel=1e-4) and r["jax"]["loss"] < r["jax"]["first_loss"]
+
+
+def test_bench_vs_torch_race_takes_turns_and_times_neither_warm_up_nor_the_first_step_of_a_turn() -> None:
+    path = Path(__file__).parents[1] / "tools/bench_vs_torch.py"
+    spec = importlib.util.spec_from_file_location("bench_vs_torch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls: list[tuple[str, int]] = []
+
+    def side(name: str):
+        def run(i: int) -> float:
+            calls.append((name, i))
+            return 100.0 * len(calls)  # a distinct "duration" per call, to see which calls were kept
+        return run
+
+    times = bench.race({"a": side("a"), "b": side("b")}, warmup=1, steps=3, turn=2)
+    # Each side: 1 warm-up, then turns of 1 untimed + up to 2 timed; b goes first in the second rotation.
+    assert calls == [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3),
+                     ("b", 4), ("b", 5), ("a", 4), ("a", 5)]
+    assert times == {"a": [400.0, 500.0, 1200.0], "b": [700.0, 800.0, 1000.0]}
 
 
 def test_gpu_sweep_driver_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
