@@ -233,14 +233,15 @@ def causal_attention(q: Array, k: Array, v: Array, impl: Literal["xla", "cudnn"]
     b, t, n, h = q.shape
     kv = k.shape[2]
     # [B, K, G, T, H] queries (G query heads share each key/value head), [B, K, T, H] keys and values.
-    q = jnp.moveaxis(q.reshape(b, t, kv, n // kv, h), 1, 3) * jnp.asarray(h**-0.5, q.dtype)
+    q = jnp.moveaxis(q.reshape(b, t, kv, n // kv, h), 1, 3)
     k, v = jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)
+    scale = jnp.float32(h**-0.5)  # applied to the fp32 scores, as jax.nn.dot_product_attention does
     block = max(block, -(-t // 8))
     outs = []
     for start in range(0, t, block):
         end = min(start + block, t)
         scores = jnp.einsum("bkgth,bksh->bkgts", q[:, :, :, start:end], k[:, :, :end],
-                            preferred_element_type=jnp.float32)  # [B, K, G, end − start, end]
+                            preferred_element_type=jnp.float32) * scale  # [B, K, G, end − start, end]
         causal = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
         probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
         outs.append(jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v[:, :, :end]))
