@@ -1,7 +1,7 @@
 """Our train step against PyTorch eager on CPU: the same small OLMo, batch, threads and optimizer, side by side.
 
     python tools/bench_vs_torch.py [--d_model 256 --n_layers 4 --n_heads 4 --seq_len 256 --batch 8 --microbatch 8]
-                                   [--steps 8 --warmup 2 --threads N] [--torch_compile] [--json]
+                                   [--steps 8 --warmup 2 --turn 2 --threads N] [--torch_compile] [--json]
 
 Both sides train the same model in fp32: OLMo's architecture at the given size with OLMo-1B's 50,304-row tied
 embedding (transformers' OlmoForCausalLM on the torch side, loaded from our initial weights written with
