@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olmo_jax.attention import attention_impl
 from olmo_jax.config import TrainConfig
 from olmo_jax.data import Batches, TokenFiles
-from olmo_jax.model import attention_impl
 from olmo_jax.monitor import peak_flops
 from olmo_jax.sharding import make_mesh
 from olmo_jax.train_step import JittedStep, Layout, TrainState, jit_train_step

@@ -1,8 +1,9 @@
 """The OLMo-1 model family in Flax linen: numerically the same model as allenai/OLMo and HF `OlmoForCausalLM`.
 
-Read top to bottom: the config, then norm → RoPE → attention → MLP → block → model. Parameter names follow
-Hugging Face's OLMo modules (`embed_tokens`, `layers_N/self_attn/q_proj`, `mlp/gate_proj`, `lm_head`), so HF
-conversion is a name table plus transposes (`olmo_jax/hf.py`). Facts cite `olmo_spec.md` sections.
+Read top to bottom: the config, then norm → attention → MLP → block → model (RoPE and the attention computation
+itself are in `olmo_jax/attention.py`). Parameter names follow Hugging Face's OLMo modules (`embed_tokens`,
+`layers_N/self_attn/q_proj`, `mlp/gate_proj`, `lm_head`), so HF conversion is a name table plus transposes
+(`olmo_jax/hf.py`). Facts cite `olmo_spec.md` sections.
 
 Dimension letters: B batch, T query time, S key/value time, D d_model, N query heads, K key/value heads,
 H head dim, F SwiGLU inner size (HF `intermediate_size`), V padded vocabulary (`embedding_size`).
@@ -21,6 +22,8 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from olmo_jax.attention import Rope, apply_rope, attention_impl, causal_attention, rope_tables
 
 Array = jax.Array
 InitFn = Literal["mitchell", "normal", "full_megatron"]
@@ -171,82 +174,6 @@ def layer_norm(x: Array, eps: float) -> Array:
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-Rope = tuple[Array, Array]  # cos, sin: [B, T, 1, H] fp32
-
-
-def rope_tables(positions: Array, head_dim: int, theta: float) -> Rope:
-    """cos and sin of each position's rotary angles in HF's rotate-half layout (§1.4); positions: [B, T] integers.
-
-    Made once per forward pass and shared by every layer: XLA fuses trigonometry into its consumers, so tables made
-    inside each attention layer were recomputed for every head of q and of k, in every layer.
-    """
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))  # [H/2]
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, H]
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: Array, rope: Rope) -> Array:
-    """Rotary embedding on all head dims, computed in fp32 (§1.4). x: [B, T, N, H]; returns x's dtype."""
-    cos, sin = rope
-    x32 = x.astype(jnp.float32)
-    x1, x2 = jnp.split(x32, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
-
-
-def attention_impl(config: ModelConfig, backend: str | None = None) -> Literal["xla", "cudnn"]:
-    """The attention implementation `config` runs with on `backend` (default: JAX's default backend).
-
-    cuDNN flash attention needs an NVIDIA GPU and bf16 inputs, so "auto" picks it only there; an explicit "cudnn"
-    anywhere else is a ValueError naming the fix (JAX itself only says "cuDNN is not detected" from deep inside
-    the trace).
-    """
-    backend = backend or jax.default_backend()
-    fits_cudnn = backend == "gpu" and config.compute_dtype == "bfloat16"
-    if config.attention_impl == "auto":
-        return "cudnn" if fits_cudnn else "xla"
-    if config.attention_impl == "cudnn" and not fits_cudnn:
-        raise ValueError(
-            f"model.attention_impl='cudnn' (cuDNN flash attention) needs an NVIDIA GPU and bf16 compute, but JAX's "
-            f"backend is {backend!r} and compute_dtype={config.compute_dtype!r}. Use attention_impl='auto' (cuDNN "
-            "on a GPU in bf16, XLA elsewhere) or 'xla', or train with precision='amp_bf16' on a GPU."
-        )
-    return config.attention_impl
-
-
-def causal_attention(q: Array, k: Array, v: Array, impl: Literal["xla", "cudnn"], block: int = 128) -> Array:
-    """Causal self-attention: q [B, T, N, H], k and v [B, T, K, H] → [B, T, N, H].
-
-    "cudnn" is cuDNN's flash attention. "xla" is written out here instead of calling
-    `jax.nn.dot_product_attention(implementation="xla")`, with the same numerics (fp32 scores and softmax,
-    probabilities cast to v's dtype) but less work: queries go in blocks of `block` positions (at most 8 blocks),
-    each attending only to keys up to its last position, so most of the masked upper triangle is never computed;
-    heads move in front of time once, so each product is a plain batched matmul; and `jax.nn.softmax` brings its
-    own lean derivative rule. On the 2-core CPU (B 8, T 256, 4 heads of 64) forward + backward take 11.5 ms against
-    the generic path's 38 ms; in the whole train step that is ~2% (README, "Performance").
-    """
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-    b, t, n, h = q.shape
-    kv = k.shape[2]
-    # [B, K, G, T, H] queries (G query heads share each key/value head), [B, K, T, H] keys and values.
-    q = jnp.moveaxis(q.reshape(b, t, kv, n // kv, h), 1, 3)
-    k, v = jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)
-    scale = jnp.float32(h**-0.5)  # applied to the fp32 scores, as jax.nn.dot_product_attention does
-    block = max(block, -(-t // 8))
-    outs = []
-    for start in range(0, t, block):
-        end = min(start + block, t)
-        scores = jnp.einsum("bkgth,bksh->bkgts", q[:, :, :, start:end], k[:, :, :end],
-                            preferred_element_type=jnp.float32) * scale  # [B, K, G, end − start, end]
-        causal = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
-        probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
-        outs.append(jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v[:, :, :end]))
-    out = jnp.concatenate(outs, axis=3)  # [B, K, G, T, H]
-    return jnp.moveaxis(out, 3, 1).reshape(b, t, n, h)
 
 
 KVCache = tuple[Array, Array]  # ([B, S, K, H], [B, S, K, H]) for one layer

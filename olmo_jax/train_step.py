@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from olmo_jax.attention import attention_impl
 from olmo_jax.config import ConfigError, TrainConfig
 from olmo_jax.loss import next_token_loss_sums
-from olmo_jax.model import ModelConfig, OLMo, attention_impl, init_params
+from olmo_jax.model import ModelConfig, OLMo, init_params
 from olmo_jax.optim import global_norm, lr_schedule, make_optimizer
 from olmo_jax.sharding import batch_sharding, tree_shardings, with_shardings
 

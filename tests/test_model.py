@@ -171,7 +171,7 @@ def test_config_is_frozen() -> None:
 
 
 def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_bf16() -> None:
-    from olmo_jax.model import attention_impl
+    from olmo_jax.attention import attention_impl
 
     bf16, fp32 = tiny_config(compute_dtype="bfloat16"), tiny_config()
     assert attention_impl(bf16) == "xla"  # this CPU machine
@@ -182,7 +182,7 @@ def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_bf16() -> None:
 
 
 def test_explicit_cudnn_where_it_cannot_run_is_a_clear_error() -> None:
-    from olmo_jax.model import attention_impl
+    from olmo_jax.attention import attention_impl
 
     config = tiny_config(attention_impl="cudnn", compute_dtype="bfloat16")
     with pytest.raises(ValueError, match=r"attention_impl='cudnn'.*backend is 'cpu'.*Use attention_impl='auto'"):
@@ -198,7 +198,7 @@ def test_explicit_cudnn_where_it_cannot_run_is_a_clear_error() -> None:
 def test_blocked_causal_attention_equals_jax_attention(t: int, n: int, kv: int, block: int) -> None:
     """Our query-blocked XLA attention against jax.nn.dot_product_attention, values and gradients: blocks that do not
     divide T, grouped key/value heads, the at-most-8-blocks rule (T 64 with block 4 → blocks of 8), one block."""
-    from olmo_jax.model import causal_attention
+    from olmo_jax.attention import causal_attention
 
     keys = jax.random.split(jax.random.key(0), 4)
     q = jax.random.normal(keys[0], (2, t, n, 8))
@@ -220,7 +220,7 @@ def test_blocked_causal_attention_equals_jax_attention(t: int, n: int, kv: int, 
 def test_blocked_causal_attention_in_bf16_matches_jax_attention_exactly() -> None:
     """Same numerics as the generic XLA path (fp32 scores, scaled in fp32; fp32 softmax; bf16 probabilities), so
     the same bits, for a head size whose scale 1/√H is not a power of two too."""
-    from olmo_jax.model import causal_attention
+    from olmo_jax.attention import causal_attention
 
     for h in (16, 96):
         keys = jax.random.split(jax.random.key(1), 3)
