@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -107,6 +107,18 @@ def real_batches(step: CompiledStep, count: int) -> list[jax.Array]:
                       vocab_size=config.model.vocab_size)
     return [jax.make_array_from_process_local_data(step.jitted.batch_sharding, batches.batch_at(i))
             for i in range(count)]
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall time of `repeats` calls of fn() after one untimed call (compilation, allocator, caches). fn must
+    wait for its own results (`jax.block_until_ready`)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def time_steps(

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,17 +30,9 @@ MODEL = dict(d_model=256, n_heads=4, n_layers=4, mlp_ratio=8, max_sequence_lengt
              embedding_size=50304, compute_dtype="float32", init_fn="normal", init_std=0.02)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: compilation, allocator, caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(run: Callable[[int], list[list[int]]], batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
+    from olmo_jax.benchmark import median_seconds  # here: after main() has pinned the CPUs XLA sizes its pool from
+
     ttft = median_seconds(lambda: run(1), repeats)
     total = median_seconds(lambda: run(new_tokens), repeats)
     return {

@@ -17,8 +17,9 @@ thread pool from the CPUs it may run on), and steps when this process tells it t
 turns, rotating who goes first, so that a change in machine load (shared machines) hits every side alike: one
 untimed step, then --turn timed steps, until each side has --steps timed steps; the medians are compared. Separate
 processes and the untimed first step of a turn, because a side's first step after the other's is slowed by what
-that one left behind: with both in one process and strict alternation, our d_model 512 step took 6.4–7.2 s instead
-of 4.2 s, a cost a real training run never pays. --torch_compile adds torch.compile(model) as a third side.
+that one left behind: the previous version (one process, strict alternation) printed 0.54–0.60× at d_model 512,
+8 layers, with our median step 6.2–7.0 s against fastest steps of 4.2–4.4 s (README, "Performance"), a cost a real
+training run never pays. --torch_compile adds torch.compile(model) as a third side.
 
 After the race each side also times its output layer's three matmuls alone (logits, their input gradient and their
 weight gradient: 3 × 2·rows·d_model·vocab FLOPs, identical work on both sides) and the report gives the share of
@@ -92,26 +93,15 @@ def overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def median_seconds(fn: Any, repeats: int = 3) -> float:
-    """Median wall time of fn() after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 class JaxSide:
     """The trainer's jitted step (olmo_jax.benchmark), compiled ahead of time."""
 
     def __init__(self, args: argparse.Namespace, config: Any) -> None:
         import jax
 
-        from olmo_jax.benchmark import compile_step, synthetic_batches
+        from olmo_jax.benchmark import compile_step, median_seconds, synthetic_batches
 
-        self.jax, self.args = jax, args
+        self.jax, self.args, self.median_seconds = jax, args, median_seconds
         self.step = compile_step(config)
         self.batches = synthetic_batches(self.step, 2)
         self.state = self.step.jitted.init(jax.random.key(0))
@@ -134,7 +124,7 @@ class JaxSide:
         h, w = jax.random.normal(keys[0], (rows, a.d_model)), jax.random.normal(keys[1], (a.vocab, a.d_model))
         g = jax.random.normal(keys[2], (rows, a.vocab))
         matmuls = jax.jit(lambda h, w, g: (h @ w.T, g @ w, g.T @ h))
-        return median_seconds(lambda: jax.block_until_ready(matmuls(h, w, g))) * (a.batch // a.microbatch)
+        return self.median_seconds(lambda: jax.block_until_ready(matmuls(h, w, g))) * (a.batch // a.microbatch)
 
 
 class TorchSide:
@@ -172,6 +162,8 @@ class TorchSide:
         return self.losses
 
     def head_matmuls(self) -> float:
+        from olmo_jax.benchmark import median_seconds
+
         torch, a = self.torch, self.args
         rows = a.microbatch * a.seq_len
         h, w, g = torch.randn(rows, a.d_model), torch.randn(a.vocab, a.d_model), torch.randn(rows, a.vocab)
@@ -255,9 +247,8 @@ class Worker:
 def race(sides: dict[str, Any], warmup: int, steps: int, turn: int) -> dict[str, list[float]]:
     """Warm every side up, then let the sides take turns, rotating who goes first, so that drifts in machine load
     hit every side alike: in a turn a side takes one untimed step, then `turn` timed ones. The untimed step absorbs
-    what the other side's turn left behind: the first jax step after a torch step took 5.3–7 s instead of 4.2 s
-    (d_model 512, 8 layers, this 2-core VM) even with the sides in separate processes, and a training run never
-    pays that. A side is called with the step index and returns the step's seconds."""
+    what the other side's turn left behind (module docstring), which a training run never pays. A side is called with
+    the step index and returns the step's seconds."""
     taken = dict.fromkeys(sides, 0)  # steps each side has taken: its next batch and its step count
 
     def step(name: str) -> float:
