@@ -68,9 +68,9 @@ def causal_attention(q: Array, k: Array, v: Array, impl: Literal["xla", "cudnn"]
     `jax.nn.dot_product_attention(implementation="xla")`, with the same numerics (fp32 scores and softmax,
     probabilities cast to v's dtype) but less work: queries go in blocks of `block` positions (at most 8 blocks),
     each attending only to keys up to its last position, so most of the masked upper triangle is never computed;
-    heads move in front of time once, so each product is a plain batched matmul; and `jax.nn.softmax` brings its
-    own lean derivative rule. On the 2-core CPU (B 8, T 256, 4 heads of 64) forward + backward take 11.5 ms against
-    the generic path's 38 ms; in the whole train step that is ~2% (README, "Performance").
+    heads move in front of time once and a group's query heads become more query rows, so each product is a plain
+    4-D batched matmul; and `jax.nn.softmax` brings its own lean derivative rule. `tools/bench_attention.py` times it
+    against the generic path and torch's SDPA (README, "Performance").
     """
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
@@ -82,12 +82,15 @@ def causal_attention(q: Array, k: Array, v: Array, impl: Literal["xla", "cudnn"]
     scale = jnp.float32(h**-0.5)  # applied to the fp32 scores, as jax.nn.dot_product_attention does
     block = max(block, -(-t // 8))
     outs = []
+    g = n // kv
     for start in range(0, t, block):
         end = min(start + block, t)
-        scores = jnp.einsum("bkgth,bksh->bkgts", q[:, :, :, start:end], k[:, :, :end],
-                            preferred_element_type=jnp.float32) * scale  # [B, K, G, end − start, end]
-        causal = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
+        rows = q[:, :, :, start:end].reshape(b, kv, g * (end - start), h)  # a group's heads as more query rows
+        scores = jnp.einsum("bkqh,bksh->bkqs", rows, k[:, :, :end],
+                            preferred_element_type=jnp.float32) * scale  # [B, K, G·(end − start), end]
+        causal = jnp.tile(jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None], (g, 1))
         probs = jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(jnp.float32).min), axis=-1)
-        outs.append(jnp.einsum("bkgts,bksh->bkgth", probs.astype(v.dtype), v[:, :, :end]))
+        out = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), v[:, :, :end])
+        outs.append(out.reshape(b, kv, g, end - start, h))
     out = jnp.concatenate(outs, axis=3)  # [B, K, G, T, H]
     return jnp.moveaxis(out, 3, 1).reshape(b, t, n, h)

@@ -115,6 +115,16 @@ def test_bench_vs_torch_race_takes_turns_and_times_neither_warm_up_nor_the_first
     assert times == {"a": [400.0, 500.0, 1200.0], "b": [700.0, 800.0, 1000.0]}
 
 
+def test_bench_attention_times_ours_the_generic_path_and_torch() -> None:
+    r = _json(run_python("tools/bench_attention.py", "--batch=2", "--seq_len=16", "--heads=2", "--head_dim=8",
+                         "--threads=1", "--repeats=2", "--json"))
+    assert r["shape"] == [2, 16, 2, 8] and r["threads"] == 1
+    torch = {"torch SDPA"} if importlib.util.find_spec("torch") else set()
+    expected = {"ours (blocked XLA)", "jax generic XLA"} | torch
+    assert set(r["timings"]) == expected
+    assert all(t["forward_ms"] > 0 and t["forward_backward_ms"] > 0 for t in r["timings"].values())
+
+
 def test_gpu_sweep_driver_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     proc = run_python("tools/gpu_sweep.py", f"--config={MICRO}", "--global_batch=8", "--attentions", "xla",
                       "--remats", "none", "full", "--microbatches", "4", "--steps=2", "--warmup=1",
