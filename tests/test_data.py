@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_python
 
-from olmo_jax.config import ConfigError, load_config
-from olmo_jax.data import Batches, DataError, TokenFiles, batch_layout, global_indices
-from olmo_jax.prefetch import Prefetcher
+from olmo_jax.config import load_config
+from olmo_jax.data.order import Batches, global_indices, row_positions
+from olmo_jax.data.prefetch import Prefetcher
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.errors import ConfigError, DataError
 
 T = 16  # instance length in these tests
 
@@ -111,7 +113,7 @@ def test_device_rows_are_olmos_rank_microbatches(tmp_path: Path, G: int, A: int,
 
 
 def test_one_device_batches_are_consecutive_positions() -> None:
-    np.testing.assert_array_equal(batch_layout(8, 2, 1), np.arange(8).reshape(2, 4))
+    np.testing.assert_array_equal(row_positions(8, 2, 1), np.arange(8).reshape(2, 4))
 
 
 def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_tail(tmp_path: Path) -> None:
@@ -290,7 +292,7 @@ def test_leaving_the_loop_early_and_transform_in_the_thread(tmp_path: Path) -> N
 
 _SHUTDOWN_SCRIPT = """
 import sys, time
-from olmo_jax.prefetch import Prefetcher
+from olmo_jax.data.prefetch import Prefetcher
 mode = sys.argv[1]
 def make(step):
     time.sleep(0.01)

@@ -10,8 +10,9 @@ import numpy as np
 from conftest import ROOT, run_python
 
 from olmo_jax.config import load_config
-from olmo_jax.data import Batches, TokenFiles, global_indices
-from olmo_jax.tokenizer import Tokenizer
+from olmo_jax.data.order import Batches, global_indices
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.data.tokenizer import Tokenizer
 
 
 def test_inspect_shows_each_rows_instance_file_offset_ids_and_text(tmp_path: Path, tokenizer_json: Path) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_python
 
-from olmo_jax.download import PRESETS, DownloadError, destination, download, part_paths, preset_urls
+from olmo_jax.data.download import PRESETS, destination, download, part_paths, preset_urls
+from olmo_jax.errors import DownloadError
 
 SIZE = 3 * 2**20 + 12_345  # not a multiple of any chunk size
 

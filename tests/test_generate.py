@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from conftest import run_python, tiny_config
 
-from olmo_jax.checkpoint import save_params
+from olmo_jax.data.tokenizer import Tokenizer
+from olmo_jax.errors import UsageError
 from olmo_jax.generate import LanguageModel, filter_logits, generate, next_token
-from olmo_jax.hf import save_hf
-from olmo_jax.model import ModelConfig, OLMo, init_params
-from olmo_jax.tokenizer import Tokenizer
+from olmo_jax.model.config import ModelConfig
+from olmo_jax.model.hf import save_hf
+from olmo_jax.model.transformer import OLMo, init_params
+from olmo_jax.train.checkpoint import save_params
 
 # A large init std puts the logits of a random model far apart, so greedy choices are not near-ties that fp32
 # rounding differences between JAX and torch could flip.
@@ -187,7 +189,7 @@ def test_bad_requests_are_refused() -> None:
         (dict(top_k=0, temperature=1.0), "top_k=0"),
     ]:
         request = dict(prompts=[[3, 4]], max_new_tokens=4) | kwargs
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(UsageError, match=message):
             generate(config, params, **request)
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from olmo_jax.hf import HFConversionError, load_hf, save_hf, to_hf_config
-from olmo_jax.model import OLMo, init_params
+from olmo_jax.errors import ConversionError
+from olmo_jax.model.hf import load_hf, save_hf, to_hf_config
+from olmo_jax.model.transformer import OLMo, init_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -74,7 +75,7 @@ def test_round_trip_is_lossless(tmp_path: Path) -> None:
 def test_config_json_fields() -> None:
     hf = to_hf_config(tiny_config(d_model=2048, n_heads=16, n_layers=16, mlp_ratio=8, vocab_size=50280,
                                   embedding_size=50304, eos_token_id=50279, max_sequence_length=2048))
-    expected = {  # olmo_spec.md §7.2
+    expected = {  # docs/olmo_facts.md §7.2
         "model_type": "olmo", "architectures": ["OlmoForCausalLM"], "vocab_size": 50304, "hidden_size": 2048,
         "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
         "hidden_act": "silu", "max_position_embeddings": 2048, "pad_token_id": 1, "eos_token_id": 50279,
@@ -123,7 +124,7 @@ def test_missing_tensor_is_a_clear_error(tmp_path: Path) -> None:
     tensors = load_file(path / "model.safetensors")
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(HFConversionError, match=r"missing.*model\.layers\.1\.mlp\.up_proj\.weight"):
+    with pytest.raises(ConversionError, match=r"missing.*model\.layers\.1\.mlp\.up_proj\.weight"):
         load_hf(path)
 
 
@@ -134,7 +135,7 @@ def test_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
     tensors = load_file(path / "model.safetensors")
     tensors["model.layers.0.self_attn.q_proj.weight"] = np.zeros((64, 32), np.float32)
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(HFConversionError, match=r"q_proj\.weight' has shape \(64, 32\) but config\.json implies"):
+    with pytest.raises(ConversionError, match=r"q_proj\.weight' has shape \(64, 32\) but config\.json implies"):
         load_hf(path)
 
 
@@ -144,7 +145,7 @@ def test_unexpected_tensor_is_a_clear_error(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     tensors = load_file(path / "model.safetensors") | {"model.layers.0.self_attn.q_norm.weight": np.ones(64)}
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(HFConversionError, match="not part of an OLMo-1 model"):
+    with pytest.raises(ConversionError, match="not part of an OLMo-1 model"):
         load_hf(path)
 
 
@@ -154,7 +155,7 @@ def test_unknown_model_type_is_a_clear_error(tmp_path: Path, model_type: str, me
     path = _saved(tmp_path)
     config = json.loads((path / "config.json").read_text()) | {"model_type": model_type}
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(HFConversionError, match=message):
+    with pytest.raises(ConversionError, match=message):
         load_hf(path)
 
 
@@ -162,10 +163,10 @@ def test_pickle_only_directory_is_refused_without_unpickling(tmp_path: Path) -> 
     path = _saved(tmp_path)
     (path / "model.safetensors").unlink()
     (path / "pytorch_model.bin").write_bytes(b"this would be a pickle; it must never be opened")
-    with pytest.raises(HFConversionError, match=r"only pickled weights \(pytorch_model\.bin\).*never unpickles"):
+    with pytest.raises(ConversionError, match=r"only pickled weights \(pytorch_model\.bin\).*never unpickles"):
         load_hf(path)
 
 
 def test_directory_without_config_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(HFConversionError, match=r"no config\.json"):
+    with pytest.raises(ConversionError, match=r"no config\.json"):
         load_hf(tmp_path)

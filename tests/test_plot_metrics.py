@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 from conftest import ROOT, run_python
 
-from olmo_jax.monitor import MetricsWriter
+from olmo_jax.train.metrics import MetricsWriter
 
 pytest.importorskip("matplotlib")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -115,8 +115,8 @@ def test_a_directory_without_metrics_is_a_clear_error(tool: ModuleType, tmp_path
     (tmp_path / "empty_run").mkdir()
     assert tool.main([str(tmp_path / "empty_run"), "--output", str(tmp_path / "x.png")]) == 1
     assert capsys.readouterr().err == (
-        f"error: {tmp_path / 'empty_run'} has no metrics.jsonl; give a run directory (train.py writes "
-        "<run_dir>/metrics.jsonl).\n"
+        f"error: {tmp_path / 'empty_run'} has no metrics.jsonl; give a run directory (python -m olmo_jax.train "
+        "writes <run_dir>/metrics.jsonl).\n"
     )
     assert not (tmp_path / "x.png").exists()
 

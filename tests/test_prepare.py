@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from conftest import run_python
 
-from olmo_jax import prepare as prepare_module
-from olmo_jax.data import Batches, TokenFiles
-from olmo_jax.prepare import PrepareError, manifest_path, prepare
-from olmo_jax.tokenizer import Tokenizer
+from olmo_jax.data import prepare as prepare_module
+from olmo_jax.data.order import Batches
+from olmo_jax.data.prepare import manifest_path, prepare
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.data.tokenizer import Tokenizer
+from olmo_jax.errors import PrepareError
 
 DOCS = [
     "Language modeling is the task of predicting the next token.",

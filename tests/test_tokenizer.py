@@ -1,4 +1,4 @@
-"""OLMo's tokenizer conventions (olmo_spec.md §10) and the asset resolver that finds the tokenizer files."""
+"""OLMo's tokenizer conventions (docs/olmo_facts.md §10) and the asset resolver that finds the tokenizer files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from olmo_jax import assets
-from olmo_jax.tokenizer import DEFAULT, KNOWN, Tokenizer, tokenizer_path
+from olmo_jax.data import assets
+from olmo_jax.data.tokenizer import DEFAULT, KNOWN, Tokenizer, tokenizer_path
+from olmo_jax.errors import ConfigError
 
 TEXT = "Language modeling is the task of predicting the next token."
 
@@ -93,5 +94,5 @@ def test_nothing_reachable_says_what_was_tried(empty_cache: Path, monkeypatch: p
 
 
 def test_special_ids_must_be_in_the_vocabulary(tokenizer_json: Path) -> None:
-    with pytest.raises(ValueError, match="eos_token_id=50279 is outside"):
+    with pytest.raises(ConfigError, match="eos_token_id=50279 is outside"):
         Tokenizer(tokenizer_json)

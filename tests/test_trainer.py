@@ -3,6 +3,7 @@ half-written checkpoints, non-finite losses, load_path and bad configs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,10 +20,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from olmo_jax.checkpoint import CheckpointError
-from olmo_jax.config import ConfigError, load_config
-from olmo_jax.monitor import read_metrics
-from olmo_jax.trainer import Layout, TrainingError, train
+from olmo_jax.config import load_config
+from olmo_jax.data.order import BatchSplit
+from olmo_jax.errors import CheckpointError, ConfigError, TrainingError
+from olmo_jax.train.metrics import read_metrics
+from olmo_jax.train.trainer import train
 
 MICRO = ROOT / "tests" / "configs" / "micro.py"
 
@@ -89,7 +91,7 @@ def test_run_writes_checkpoints_metrics_and_config(tokens: Path, tmp_path: Path)
 
 
 def test_in_loop_evaluation_is_logged(tokens: Path, tmp_path: Path) -> None:
-    from olmo_jax.evaluate import EvaluatorConfig
+    from olmo_jax.eval.config import EvaluatorConfig
 
     config = load_config(MICRO, _overrides(tokens, tmp_path, "eval_interval=4", "stop_at=8"))
     config = dataclasses.replace(config, evaluators=(EvaluatorConfig("held", "perplexity", (str(tokens),), 16),))
@@ -173,7 +175,7 @@ def test_corrupt_checkpoint_is_rejected_clearly(tokens: Path, tmp_path: Path) ->
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tokens: Path, tmp_path: Path) -> None:
-    from olmo_jax.checkpoint import load_params
+    from olmo_jax.train.checkpoint import load_params
 
     config = load_config(MICRO, _overrides(tokens, tmp_path, "optimizer.learning_rate=1e30", "save_interval=1",
                                            "scheduler.name=constant"))
@@ -217,8 +219,8 @@ def test_load_path_weights_only_and_full_state(tokens: Path, tmp_path: Path, str
 
 
 def test_load_path_from_hf_directory(tokens: Path, tmp_path: Path) -> None:
-    from olmo_jax.checkpoint import load_params
-    from olmo_jax.hf import save_hf
+    from olmo_jax.model.hf import save_hf
+    from olmo_jax.train.checkpoint import load_params
 
     train(load_config(MICRO, _overrides(tokens, tmp_path / "a", "stop_at=6")))
     config, params, _ = load_params(tmp_path / "a")
@@ -233,7 +235,7 @@ def test_load_path_from_hf_directory(tokens: Path, tmp_path: Path) -> None:
 
 
 def test_weights_only_checkpoint_in_the_run_directory_starts_from_its_weights(tokens: Path, tmp_path: Path) -> None:
-    from olmo_jax.checkpoint import load_params, save_params
+    from olmo_jax.train.checkpoint import load_params, save_params
 
     train(load_config(MICRO, _overrides(tokens, tmp_path / "a", "stop_at=6")))
     config, params, _ = load_params(tmp_path / "a")
@@ -256,8 +258,8 @@ def test_batch_arithmetic_error_names_all_three() -> None:
     config = load_config(MICRO, ["global_train_batch_size=12", "device_train_microbatch_size=4"])
     with pytest.raises(ConfigError, match=r"global_train_batch_size=12 .*device_train_microbatch_size=4 "
                                           r".*data-parallel size=2"):
-        Layout.of(config, 2)
-    assert Layout.of(config, 1).grad_accum == 3
+        BatchSplit.of(config.global_train_batch_size, config.device_train_microbatch_size, 2)
+    assert BatchSplit.of(config.global_train_batch_size, config.device_train_microbatch_size, 1).grad_accum == 3
 
 
 def test_missing_data_file_is_one_clear_cli_error(tmp_path: Path) -> None:
@@ -265,3 +267,145 @@ def test_missing_data_file_is_one_clear_cli_error(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert err.strip().startswith("error:") and "nope.npy does not exist" in err and "Traceback" not in err
+
+
+def test_each_part_of_a_run_builds_alone(tokens: Path, tmp_path: Path) -> None:
+    """The factories build one part each: the step without data or checkpoints, the data without a step."""
+    from olmo_jax.parallel.mesh import make_mesh
+    from olmo_jax.train.trainer import make_checkpointer, make_data, make_evaluators, make_step
+
+    config = load_config(MICRO, _overrides(tokens, tmp_path))
+    mesh = make_mesh(config.mesh)
+    jitted = make_step(config, mesh)
+    state = jitted.init(jax.random.key(0))
+    assert int(state.step) == 0 and jitted.abstract_state.params.keys() == state.params.keys()
+    batches = make_data(config, BatchSplit.of(8, 4, 1))
+    assert batches.batch_at(0).shape == (2, 4, 16)
+    assert make_evaluators(config) is None  # micro.py has none
+    assert not (tmp_path / "checkpoints").exists()  # nothing above writes
+    make_checkpointer(config).close()
+    assert (tmp_path / "checkpoints").is_dir()
+
+
+def test_the_loop_moves_values_to_the_host_only_where_it_names_it(tokens: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under jax.transfer_guard_device_to_host("disallow") (enforced on GPUs; on a CPU a jax array is host memory
+    and the guard never fires), and with jax arrays' scalar conversions (bool, float, int, format, item, tolist,
+    device_get) made to fail outside `host_sync` regions, a run's loop completes: its only transfer per step is the
+    health flag of the step before; the last step adds the logged metrics and the checkpoint."""
+    from jax._src import array as jax_array
+
+    from olmo_jax.train import hooks as hooks_module
+    from olmo_jax.train import trainer as trainer_module
+    from olmo_jax.train.hooks import LogMetrics
+    from olmo_jax.train.metrics import MetricsWriter
+    from olmo_jax.train.signals import StopRequest
+    from olmo_jax.train.throughput import SpeedMonitor
+    from olmo_jax.train.trainer import build_run, make_hooks, run_loop
+
+    config = load_config(MICRO, _overrides(tokens, tmp_path, "max_duration=6", "console_log_interval=100",
+                                           "save_interval=100"))
+    run = build_run(config)
+    state = run.step.init(jax.random.key(0))
+    syncs: list[str] = []
+    inside = []
+    real_sync = hooks_module.host_sync
+
+    @contextlib.contextmanager
+    def counted(why: str):
+        syncs.append(why.split(":")[0])
+        inside.append(True)
+        try:
+            with real_sync(why):
+                yield
+        finally:
+            inside.pop()
+
+    def guarded(name: str, original: object):
+        def check(self: object, *args: object, **kwargs: object) -> object:
+            if not inside:
+                raise AssertionError(f"a device-to-host transfer ({name}) outside host_sync")
+            return original(self, *args, **kwargs)
+        return check
+
+    cls = jax_array.ArrayImpl
+    value = cls.__dict__["_value"]
+    monkeypatch.setattr(cls, "_value", property(guarded("_value", value.fget)))
+    monkeypatch.setattr(cls, "item", guarded("item", cls.item))
+    monkeypatch.setattr(hooks_module, "host_sync", counted)
+    monkeypatch.setattr(trainer_module, "host_sync", counted)
+    writer = MetricsWriter(tmp_path, 0, tensorboard=False)
+    speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), 1)
+    log = LogMetrics(config.console_log_interval, writer, speed, run.tokens_per_step, print)
+    hooks = make_hooks(run, StopRequest(), writer, log, print)
+    try:
+        with jax.transfer_guard_device_to_host("disallow"):
+            step, _ = run_loop(run, state, 0, hooks, speed)
+    finally:
+        writer.close()
+        run.checkpointer.wait()
+        run.checkpointer.close()
+    assert step == 6
+    assert syncs == ["health"] * 6 + ["log step", "checkpoint"]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [6]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [6]
+    with pytest.raises(AssertionError, match="outside host_sync"):  # the spy itself works
+        float(state.step)
+
+
+def test_logged_lr_is_read_from_the_optimizer_state(tokens: Path, tmp_path: Path, straight: dict[int, float]) -> None:
+    from olmo_jax.train.optim import lr_schedule
+
+    config = load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=4"))
+    train(config)
+    schedule = lr_schedule(config.scheduler, config.optimizer.learning_rate, config.max_duration)
+    for record in read_metrics(tmp_path / "metrics.jsonl"):
+        assert record["train/lr"] == pytest.approx(float(schedule(record["step"] - 1)), rel=1e-6)
+    from olmo_jax.train.checkpoint import load_params
+
+    _, _, meta = load_params(tmp_path)
+    assert meta["opt_state_layout"] == 2 and meta["run"] == {"dtype": "float32", "attention_impl": "auto",
+                                                             "remat": "none"}
+    assert "compute_dtype" not in meta["model"] and "remat" not in meta["model"]
+
+
+def test_run_options_are_the_runs_choice_on_resume(tokens: Path, tmp_path: Path, straight: dict[int, float]) -> None:
+    """How the model runs is not part of a checkpoint's model: resuming with other run options is allowed and
+    continues the same losses (remat and the XLA attention change no result in fp32)."""
+    train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=6", "model.remat=full")))
+    train(load_config(MICRO, _overrides(tokens, tmp_path, "model.attention_impl=xla")))
+    losses = _losses(tmp_path)
+    assert sorted(losses) == list(range(1, 13))
+    for step, loss in straight.items():
+        assert losses[step] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_checkpoint_of_olmo_jax_0_1_resumes(tokens: Path, tmp_path: Path, straight: dict[int, float]) -> None:
+    """A checkpoint in olmo_jax 0.1's layout (a model record holding compute_dtype, attention_impl='cudnn' and
+    remat; the optimizer state of plain optax.adamw with a schedule, whose update count sits in a
+    ScaleByScheduleState; no opt_state_layout in meta) resumes here, on a CPU, with the losses of an unbroken run."""
+    import optax
+
+    from olmo_jax.train.checkpoint import Checkpointer, load_params
+
+    train(load_config(MICRO, _overrides(tokens, tmp_path / "new", "stop_at=6")))
+    reader = Checkpointer(tmp_path / "new" / "checkpoints", read_only=True)
+    config = load_config(MICRO, _overrides(tokens, tmp_path / "new"))
+    from olmo_jax.parallel.mesh import make_mesh
+    from olmo_jax.train.trainer import make_step
+
+    abstract = make_step(config, make_mesh(config.mesh)).abstract_state
+    params, opt_state, meta = reader.restore(6, abstract.params, abstract.opt_state)
+    reader.close()
+    clip, injected = opt_state
+    adam, masked, _ = injected.inner_state
+    legacy = (clip, (adam, masked, optax.ScaleByScheduleState(count=injected.count)))  # 0.1's optimizer state
+    record = meta["model"] | {"compute_dtype": "bfloat16", "attention_impl": "cudnn", "remat": "full"}
+    old = {k: v for k, v in meta.items() if k not in ("opt_state_layout", "run")} | {"model": record}
+    writer = Checkpointer(tmp_path / "old" / "checkpoints", async_save=False)
+    writer.save(6, params, old, legacy)
+    writer.wait()
+    writer.close()
+    assert load_params(tmp_path / "old")[0] == config.model  # readers ignore the run options in the record
+    train(load_config(MICRO, _overrides(tokens, tmp_path / "old")))
+    assert _losses(tmp_path / "old") == {s: straight[s] for s in range(7, 13)}

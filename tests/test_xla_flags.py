@@ -8,8 +8,8 @@ import importlib.metadata
 import pytest
 from conftest import run_python
 
-from olmo_jax import xla_flags
-from olmo_jax.xla_flags import CANDIDATE_GPU_FLAGS, DISABLE_ENV, RECOMMENDED_GPU_FLAGS, apply_recommended_flags
+from olmo_jax.parallel import xla_flags
+from olmo_jax.parallel.xla_flags import CANDIDATE_GPU_FLAGS, DISABLE_ENV, RECOMMENDED_GPU_FLAGS, apply_recommended_flags
 
 
 def test_flags_are_added_on_a_gpu_once() -> None:

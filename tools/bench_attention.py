@@ -4,12 +4,12 @@
                                     [--json]
 
 Times the forward pass and the forward + backward pass (gradients of q, k and v) of causal self-attention on fp32
-[batch, seq_len, heads, head_dim] inputs: `olmo_jax.attention.causal_attention(..., "xla")` (what the model runs off
-a GPU), `jax.nn.dot_product_attention(..., is_causal=True, implementation="xla")` (what it ran before), and, when
-torch is installed, `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)` (what transformers'
-OLMo runs on CPU). Median of --repeats calls after one untimed call; JAX calls are jitted and waited for with
-block_until_ready. The process is pinned to the first --threads CPUs (XLA sizes its thread pool from them;
-torch.set_num_threads). The default shape is one layer of tools/bench_vs_torch.py's model.
+[batch, seq_len, heads, head_dim] inputs: `olmo_jax.model.attention.causal_attention(..., "xla")` (what the model
+runs off a GPU), `jax.nn.dot_product_attention(..., is_causal=True, implementation="xla")` (what it ran before), and,
+when torch is installed, `torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)` (what transformers'
+OLMo runs on CPU). Median of --repeats calls after one untimed call (olmo_jax.train.profiling.median_seconds); JAX
+calls are jitted and waited for with block_until_ready. The process is pinned to the first --threads CPUs (XLA sizes
+its thread pool from them; torch.set_num_threads). The default shape is one layer of tools/bench_vs_torch.py's model.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
+
+from olmo_jax import cli
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = cli.ArgumentParser(prog="python tools/bench_attention.py", description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
@@ -30,7 +32,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPUs to run on")
     parser.add_argument("--repeats", type=int, default=11, help="timed calls per measurement (median)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_with_overrides(argv)
     cpus = len(os.sched_getaffinity(0))
     if not 1 <= args.threads <= cpus:
         parser.error(f"--threads={args.threads} must be between 1 and the {cpus} CPUs this process may use")
@@ -41,8 +43,8 @@ def jax_timings(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     import jax
     import jax.numpy as jnp
 
-    from olmo_jax.attention import causal_attention
-    from olmo_jax.benchmark import median_seconds
+    from olmo_jax.model.attention import causal_attention
+    from olmo_jax.train.profiling import median_seconds
 
     shape = (args.batch, args.seq_len, args.heads, args.head_dim)
     q, k, v = (jax.random.normal(key, shape) for key in jax.random.split(jax.random.key(0), 3))
@@ -68,7 +70,7 @@ def torch_timings(args: argparse.Namespace) -> dict[str, float] | None:
         import torch
     except ImportError:
         return None
-    from olmo_jax.benchmark import median_seconds
+    from olmo_jax.train.profiling import median_seconds
 
     torch.set_num_threads(args.threads)
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -88,7 +90,7 @@ def torch_timings(args: argparse.Namespace) -> dict[str, float] | None:
             "forward_backward_ms": 1e3 * median_seconds(forward_backward, args.repeats)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])  # before XLA sizes its thread pool
     result: dict[str, Any] = {"shape": [args.batch, args.seq_len, args.heads, args.head_dim], "threads": args.threads,
@@ -106,5 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

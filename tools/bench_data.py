@@ -1,6 +1,6 @@
 """Throughput of ready training batches: tokens per second delivered by the prefetching loader.
 
-    python tools/bench_data.py [--config=configs/1b.py] [--paths FILE ...] [--mb 400] [--json]
+    python tools/bench_data.py [--config=configs/1b.py] [--paths FILE ...] [--mb 400] [--json] [--config.key=value ...]
 
 Uses the config's batch shape (1B: 64 instances × 2048 tokens, 8 micro-steps of 8, one device). Without --paths it
 writes random token files of --mb megabytes in a temporary directory. Files are read once first so the page cache is
@@ -10,7 +10,6 @@ fast as the consumer can take them. Prints the median over repeats (and the slow
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -20,8 +19,10 @@ import time
 
 import numpy as np
 
+from olmo_jax import cli
 from olmo_jax.config import load_config
-from olmo_jax.data import Batches, TokenFiles
+from olmo_jax.data.order import Batches
+from olmo_jax.data.token_files import TokenFiles
 
 
 def write_random_files(directory: str, megabytes: int, files: int, vocab_size: int, dtype: str) -> list[str]:
@@ -61,10 +62,9 @@ def measure(batches: Batches, repeats: int, warmup: int, timed: int, depth: int)
     return rates
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("--config", default="configs/1b.py", help="config whose batch shape to use")
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python tools/bench_data.py", description=__doc__, takes_config=True,
+                                config_default="configs/1b.py")
     parser.add_argument("--paths", nargs="+", help="token files to read (default: random files in a temp dir)")
     parser.add_argument("--mb", type=int, default=400, help="size of the generated files in MiB")
     parser.add_argument("--files", type=int, default=4, help="number of generated files")
@@ -73,15 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--depth", type=int, help="prefetch depth (default: data.prefetch_depth)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = parser.parse_args(argv)
-    config = load_config(args.config)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, overrides = parser().parse_with_overrides(argv)
+    config = load_config(args.config, overrides)
     m, G = config.model, config.global_train_batch_size
     A = G // config.device_train_microbatch_size
     with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
         paths = args.paths or write_random_files(tmp, args.mb, args.files, m.vocab_size, config.data.memmap_dtype)
         warm_page_cache(paths)
-        files = TokenFiles(paths, config.data.memmap_dtype, m.max_sequence_length)
-        batches = Batches(files, config.seed, G, A, vocab_size=m.vocab_size)
+        files = TokenFiles(paths, config.data.memmap_dtype, m.max_sequence_length,
+                           remote=config.data.remote_options())
+        batches = Batches(files, config.data_seed, G, A, vocab_size=m.vocab_size)
         rates = measure(batches, args.repeats, args.warmup, args.batches, args.depth or config.data.prefetch_depth)
     result = {
         "tokens_per_second_median": statistics.median(rates), "tokens_per_second_min": min(rates),
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{max(rates) / 1e6:.1f}M); {len(paths)} file(s), {sum(files.sizes) / 2**20:.0f} MiB, "
               f"{os.cpu_count()} CPUs")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

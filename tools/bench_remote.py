@@ -1,6 +1,7 @@
 """Throughput of ready training batches streamed from token files at URLs, beside the same files on local disk.
 
     python tools/bench_remote.py [--config=configs/1b.py] [--latencies 0 100] [--cache] [--json]
+                                 [--config.key=value ...]
 
 Writes random token files (--mb MiB in --files files) to a temporary directory and serves them from
 tools/range_server.py in a separate process, on 127.0.0.1, adding each --latencies value (ms) to every request.
@@ -24,9 +25,16 @@ from pathlib import Path
 
 from bench_data import measure, warm_page_cache, write_random_files
 
+from olmo_jax import cli
 from olmo_jax.config import TrainConfig, load_config
-from olmo_jax.data import Batches, TokenFiles
-from olmo_jax.remote import RemoteOptions
+from olmo_jax.data.config import RemoteOptions
+from olmo_jax.data.order import Batches
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.errors import OlmoJaxError
+
+
+class ServerError(OlmoJaxError):
+    """tools/range_server.py, the local server the benchmark reads from, did not start."""
 
 
 class ServedDirectory:
@@ -39,7 +47,7 @@ class ServedDirectory:
         line = self.process.stdout.readline()
         if not line.startswith("serving "):
             self.process.kill()
-            raise RuntimeError(f"tools/range_server.py did not start: {line!r}")
+            raise ServerError(f"tools/range_server.py did not start (it printed {line!r}; its error is above).")
         self.url = line.split(" at ")[-1].strip()
 
     def __enter__(self) -> ServedDirectory:
@@ -53,7 +61,7 @@ class ServedDirectory:
 def rates_of(files: TokenFiles, config: TrainConfig, args: argparse.Namespace, fill: bool = False) -> dict[str, float]:
     """measure()'s tokens/s; `fill` first reads every batch it will time (measure starts at step 0)."""
     m, G = config.model, config.global_train_batch_size
-    batches = Batches(files, config.seed, G, G // config.device_train_microbatch_size, vocab_size=m.vocab_size)
+    batches = Batches(files, config.data_seed, G, G // config.device_train_microbatch_size, vocab_size=m.vocab_size)
     for step in range(args.repeats * (args.warmup + args.batches) if fill else 0):
         batches.batch_at(step)
     rates = measure(batches, args.repeats, args.warmup, args.batches, args.depth or config.data.prefetch_depth)
@@ -61,10 +69,9 @@ def rates_of(files: TokenFiles, config: TrainConfig, args: argparse.Namespace, f
             "tokens_per_second_max": max(rates)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("--config", default="configs/1b.py", help="config whose batch shape and data keys to use")
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python tools/bench_remote.py", description=__doc__, takes_config=True,
+                                config_default="configs/1b.py")
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 100.0], help="added latency, ms")
     parser.add_argument("--cache", action="store_true", help="also time a cold and a warm data.cache_dir")
     parser.add_argument("--mb", type=int, default=200, help="size of the generated files in MiB")
@@ -74,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--depth", type=int, help="prefetch depth (default: data.prefetch_depth)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = parser.parse_args(argv)
-    config = load_config(args.config)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, overrides = parser().parse_with_overrides(argv)
+    config = load_config(args.config, overrides)
     m, G = config.model, config.global_train_batch_size
     options = config.data.remote_options()
     results = []
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         os.mkdir(data)
         paths = write_random_files(data, args.mb, args.files, m.vocab_size, config.data.memmap_dtype)
         warm_page_cache(paths)  # the server reads them from memory too: the latency is the added one
-        local = TokenFiles(paths, config.data.memmap_dtype, m.max_sequence_length)
+        local = TokenFiles(paths, config.data.memmap_dtype, m.max_sequence_length, remote=options)
         results.append({"source": "local file", "latency_ms": None, "warm_cache": False}
                        | rates_of(local, config, args))
         for latency in args.latencies:
@@ -124,6 +135,10 @@ def _m(rate: float) -> str:
 
 def _settings(options: RemoteOptions) -> dict[str, object]:
     return {k: v for k, v in dataclasses.asdict(options).items() if k != "cache_dir"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

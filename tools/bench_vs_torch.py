@@ -5,10 +5,10 @@
 
 Both sides train the same model in fp32: OLMo's architecture at the given size with OLMo-1B's 50,304-row tied
 embedding (transformers' OlmoForCausalLM on the torch side, loaded from our initial weights written with
-`olmo_jax.hf.save_hf`), on the same batches of random token ids split into the same microbatches, with the same mean
-next-token cross-entropy, global-norm clipping at 1.0 and AdamW (lr 4e-4, betas (0.9, 0.95), eps 1e-5, weight decay
-0.1, none on the embedding). So both print the same losses, step after step, to float rounding: the check that the
-two do the same work. Ours is the trainer's jitted step (olmo_jax.benchmark), timed with block_until_ready;
+`olmo_jax.model.hf.save_hf`), on the same batches of random token ids split into the same microbatches, with the same
+mean next-token cross-entropy, global-norm clipping at 1.0 and AdamW (lr 4e-4, betas (0.9, 0.95), eps 1e-5, weight
+decay 0.1, none on the embedding). So both print the same losses, step after step, to float rounding: the check that
+the two do the same work. Ours is the trainer's jitted step (olmo_jax.train.profiling), timed with block_until_ready;
 torch's is zero_grad + forward/backward per microbatch + clip + AdamW.step, timed with perf_counter (CPU work is
 synchronous).
 
@@ -18,7 +18,7 @@ turns, rotating who goes first, so that a change in machine load (shared machine
 untimed step, then --turn timed steps, until each side has --steps timed steps; the medians are compared. Separate
 processes and the untimed first step of a turn, because a side's first step after the other's is slowed by what
 that one left behind: the previous version (one process, strict alternation) printed 0.54–0.60× at d_model 512,
-8 layers, with our median step 6.2–7.0 s against fastest steps of 4.2–4.4 s (README, "Performance"), a cost a real
+8 layers, with our median step 6.2–7.0 s against fastest steps of 4.2–4.4 s (docs/performance.md), a cost a real
 training run never pays. --torch_compile adds torch.compile(model) as a third side.
 
 After the race each side also times its output layer's three matmuls alone (logits, their input gradient and their
@@ -44,15 +44,21 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from olmo_jax import cli
+from olmo_jax.errors import OlmoJaxError
+
 ROOT = Path(__file__).resolve().parents[1]
 LR, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM = 4e-4, (0.9, 0.95), 1e-5, 0.1, 1.0  # OLMo-1B.yaml's optimizer
 SIDES = ("jax", "torch", "torch_compile")
 REPLY = "@bench_vs_torch "  # marks a worker's replies on its stdout, which libraries may also print to
 
 
+class WorkerError(OlmoJaxError):
+    """A side's worker process ended before answering; its own error is printed above (on stderr)."""
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = cli.ArgumentParser(prog="python tools/bench_vs_torch.py", description=__doc__)
     parser.add_argument("--d_model", type=int, default=256)
     parser.add_argument("--n_layers", type=int, default=4)
     parser.add_argument("--n_heads", type=int, default=4)
@@ -68,7 +74,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
     parser.add_argument("--workdir", help=argparse.SUPPRESS)  # internal: where the jax side leaves weights, batches
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_with_overrides(argv)
     if args.turn < 1:
         parser.error(f"--turn={args.turn} must be at least 1")
     if args.batch % args.microbatch:
@@ -94,12 +100,12 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 class JaxSide:
-    """The trainer's jitted step (olmo_jax.benchmark), compiled ahead of time."""
+    """The trainer's jitted step (olmo_jax.train.profiling.compile_step), compiled ahead of time."""
 
     def __init__(self, args: argparse.Namespace, config: Any) -> None:
         import jax
 
-        from olmo_jax.benchmark import compile_step, median_seconds, synthetic_batches
+        from olmo_jax.train.profiling import compile_step, median_seconds, synthetic_batches
 
         self.jax, self.args, self.median_seconds = jax, args, median_seconds
         self.step = compile_step(config)
@@ -162,7 +168,7 @@ class TorchSide:
         return self.losses
 
     def head_matmuls(self) -> float:
-        from olmo_jax.benchmark import median_seconds
+        from olmo_jax.train.profiling import median_seconds
 
         torch, a = self.torch, self.args
         rows = a.microbatch * a.seq_len
@@ -186,7 +192,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.worker == "jax":
         import numpy as np
 
-        from olmo_jax.hf import save_hf
+        from olmo_jax.model.hf import save_hf
 
         side: Any = JaxSide(args, config)
         save_hf(config.model, side.state.params, workdir / "weights")  # torch starts from our initial weights
@@ -241,7 +247,7 @@ class Worker:
         for line in self.process.stdout:
             if line.startswith(REPLY):
                 return json.loads(line[len(REPLY):])
-        raise RuntimeError(f"the {self.name} worker exited with status {self.process.wait()} (its error is above)")
+        raise WorkerError(f"the {self.name} worker exited with status {self.process.wait()} (its error is above)")
 
 
 def race(sides: dict[str, Any], warmup: int, steps: int, turn: int) -> dict[str, list[float]]:
@@ -271,7 +277,7 @@ def race(sides: dict[str, Any], warmup: int, steps: int, turn: int) -> dict[str,
     raise AssertionError("unreachable")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     if args.worker:
@@ -329,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     print("load average (1, 5, 15 min) before: " + ", ".join(f"{x:.2f}" for x in load_before)
           + "; after: " + ", ".join(f"{x:.2f}" for x in result["load_average"]["after"]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@
     python tools/benchmark.py --config=configs/1b.py --memory_table [--microbatches 1 2 4 8 16]
                               [--remats none save_matmuls full] [--memory_gb 139] [--json]
 
-The step is the one `olmo_jax.train` runs (same shardings, donation, accumulation, chunked loss), at the config's
-batch: 1B is 64 × 2048 tokens per step in microbatches of 8. It is compiled ahead of time, timed apart, then run
---warmup untimed and --steps timed steps on synthetic batches (uniform random token ids; --real reads the config's
-data.paths instead), each step waited for with block_until_ready; the median step time is reported. MFU counts
-6N + 12·L·d·s FLOPs per token against the device kind's dense bf16 peak (A100 312, H100/H200 989 TFLOP/s); it is
-n/a where no peak is known (CPUs). Peak memory is the allocator's peak_bytes_in_use (n/a on CPU); the compiled
-memory (XLA's buffer assignment: arguments, temporaries...) is printed on every backend.
+The step is the one `olmo_jax.train` runs (olmo_jax.train.trainer.make_step: same shardings, donation,
+accumulation, chunked loss), measured by olmo_jax.train.profiling at the config's batch: 1B is 64 × 2048 tokens per
+step in microbatches of 8. It is compiled ahead of time, timed apart, then run --warmup untimed and --steps timed
+steps on synthetic batches (uniform random token ids; --real reads the config's data.paths instead), each step waited
+for with block_until_ready; the median step time is reported. MFU counts 6N + 12·L·d·s FLOPs per token against the
+device kind's dense bf16 peak (A100 312, H100/H200 989 TFLOP/s); it is n/a where no peak is known (CPUs). Peak memory
+is the allocator's peak_bytes_in_use (n/a on CPU); the compiled memory (XLA's buffer assignment: arguments,
+temporaries...) is printed on every backend.
 
 --aot_only lowers and compiles with abstract shapes, allocating nothing: the 1B step's compile time and memory on
 any machine. --memory_table does that for each microbatch × remat policy (two micro-steps of accumulation each). Off
@@ -21,7 +22,7 @@ unless XLA_FLAGS sets one): the default CPU schedule runs every recomputation ea
 there, while XLA:GPU schedules for memory anyway. With --memory_gb (on a GPU: the device's limit by default) it also
 names the largest microbatch of each policy whose compiled program fits.
 
-On a GPU, the recommended XLA flags of olmo_jax/xla_flags.py are added to XLA_FLAGS unless already set there
+On a GPU, the recommended XLA flags of olmo_jax/parallel/xla_flags.py are added to XLA_FLAGS unless already set there
 (OLMO_JAX_XLA_FLAGS=0 adds none).
 """
 
@@ -33,14 +34,15 @@ import os
 import sys
 from typing import Any
 
+from olmo_jax import cli
+
 GB = 1e9
 MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
-def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("--config", default="configs/1b.py", help="config file (overrides: --config.key=value)")
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python tools/benchmark.py", description=__doc__, takes_config=True,
+                                config_default="configs/1b.py")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     parser.add_argument("--real", action="store_true", help="batches from the config's data.paths, not synthetic")
@@ -50,13 +52,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--remats", nargs="+", default=["none", "save_matmuls", "full"])
     parser.add_argument("--memory_gb", type=float, help="memory table: the device memory to fit (default: reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args, rest = parser.parse_known_args(argv)
-    overrides = [a for a in rest if a.startswith("--config.")]
-    unknown = [a for a in rest if not a.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like --config.key=value)")
+    return parser
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = parser()
+    args, overrides = p.parse_with_overrides(argv)
     if args.steps < 1 or args.warmup < 0:
-        parser.error(f"--steps={args.steps} must be ≥ 1 and --warmup={args.warmup} ≥ 0")
+        p.error(f"--steps={args.steps} must be ≥ 1 and --warmup={args.warmup} ≥ 0")
     return args, overrides
 
 
@@ -120,35 +123,34 @@ def device_memory_limit() -> int | None:
     return (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args, overrides = parse(argv)
-    from olmo_jax.xla_flags import apply_recommended_flags, gpu_expected, merge_flags
+    from olmo_jax.parallel.xla_flags import apply_recommended_flags, gpu_expected, merge_flags
 
     added = apply_recommended_flags()  # before JAX starts its backend
     if args.memory_table and not gpu_expected():
         merged, more = merge_flags(os.environ.get("XLA_FLAGS", ""), MEMORY_SCHEDULER)
         os.environ["XLA_FLAGS"], added = merged, added + more
-    from olmo_jax.benchmark import benchmark, memory_table
-    from olmo_jax.config import ConfigError, load_config
-    from olmo_jax.data import DataError
+    from olmo_jax.config import load_config
+    from olmo_jax.train.profiling import benchmark, memory_table
 
-    try:
-        config = load_config(args.config, overrides)
-        if args.memory_table:
-            rows = memory_table(config, args.microbatches, args.remats)
-            limit = args.memory_gb * GB if args.memory_gb else device_memory_limit()
-            fitting = largest_fitting(rows, limit) if limit else None
-            print(json.dumps({"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS"),
-                              "memory_limit_bytes": limit, "largest_fitting_microbatch": fitting, "rows": rows})
-                  if args.json else table(rows, limit))
-            return 0
-        result = benchmark(config, args.steps, args.warmup, real=args.real, aot_only=args.aot_only)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    config = load_config(args.config, overrides)
+    if args.memory_table:
+        rows = memory_table(config, args.microbatches, args.remats)
+        limit = args.memory_gb * GB if args.memory_gb else device_memory_limit()
+        fitting = largest_fitting(rows, limit) if limit else None
+        print(json.dumps({"config": args.config, "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS"),
+                          "memory_limit_bytes": limit, "largest_fitting_microbatch": fitting, "rows": rows})
+              if args.json else table(rows, limit))
+        return 0
+    result = benchmark(config, args.steps, args.warmup, real=args.real, aot_only=args.aot_only)
     result = {"config": args.config, "overrides": overrides, "xla_flags_added": added} | result
     print(json.dumps(result) if args.json else report(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
 """Print the configuration reference: every key of a config file with its default and the comment that explains it.
 
-    python tools/config_reference.py [--config=configs/1b.py]
+    python tools/config_reference.py [--config=configs/1b.py] [--config.key=value ...]
 
 The README's "Configuration reference" table is this output; tests/test_readme.py fails when they drift apart, so
-the config file's comments are the one place a key is documented.
+the config file's comments are the one place a key is documented. The values are the config file's, read as every
+command reads it (olmo_jax.config.config_dict), with any --config.key=value overrides applied.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from olmo_jax.config import load_config_file
+from olmo_jax import cli
+from olmo_jax.config import config_dict
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,8 +57,8 @@ def comments(source: str) -> dict[str, str]:
     return found
 
 
-def reference(path: str | Path) -> str:
-    values = flatten(load_config_file(path))
+def reference(path: str | Path, overrides: Sequence[str] = ()) -> str:
+    values = flatten(config_dict(path, overrides))
     notes = comments(Path(path).read_text())
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for key, value in values.items():
@@ -64,11 +67,20 @@ def reference(path: str | Path) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/1b.py")
-    print(reference(parser.parse_args().config))
+def parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser(prog="python tools/config_reference.py", description=__doc__, takes_config=True,
+                              config_default="configs/1b.py")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, overrides = parser().parse_with_overrides(argv)
+    print(reference(args.config, overrides))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,12 +13,12 @@ then run from the repository root there, carrying .whl along (its dependencies a
 Everything happens within --budget_s seconds of wall time (default 480: a 15-minute device allowance also pays for
 the machine's start), in three phases, each in fresh worker processes:
 
-1. grid: one process with the recommended XLA flags (olmo_jax/xla_flags.py) compiles each setting of GRID once, in
-   that priority order, and times --steps steps after --warmup, at the recipe's global batch (64 × 2048 tokens,
-   accumulating microbatches inside the step), until 60% of the budget is spent. A setting whose compiled memory
+1. grid: one process with the recommended XLA flags (olmo_jax/parallel/xla_flags.py) compiles each setting of GRID
+   once, in that priority order, and times --steps steps after --warmup, at the recipe's global batch (64 × 2048
+   tokens, accumulating microbatches inside the step), until 60% of the budget is spent. A setting whose compiled memory
    exceeds the device's is not run; an out-of-memory setting rules out larger microbatches of the same kind.
-2. flags: the best grid setting again in one process per XLA flag set (olmo_jax.xla_flags.CANDIDATE_GPU_FLAGS, and
-   no added flags at all), until 82% of the budget.
+2. flags: the best grid setting again in one process per XLA flag set
+   (olmo_jax.parallel.xla_flags.CANDIDATE_GPU_FLAGS, and no added flags at all), until 82% of the budget.
 3. final: the best setting with the best flags for --final_steps timed steps, with the allocator's peak memory.
 
 Each record is appended to DIR/sweep.jsonl as soon as it is measured, so a timeout loses nothing measured; at the end
@@ -27,6 +27,9 @@ persistent compilation cache, so the final phase does not compile again. XLA_PYT
 to 0.95 here (JAX preallocates 75% otherwise). This process never imports JAX: only the workers hold the GPU.
 
 --attentions/--remats/--microbatches replace GRID by their product (how the CPU test runs this on configs/tiny.py).
+--config.key=value overrides are passed on to the workers and applied to every setting (before the setting's own
+model.attention_impl, model.remat, device_train_microbatch_size, global_train_batch_size and loss_chunk_size). Each
+setting is measured by olmo_jax.train.profiling.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from olmo_jax.xla_flags import CANDIDATE_GPU_FLAGS, RECOMMENDED_GPU_FLAGS, merge_flags  # stdlib only, no JAX
+from olmo_jax import cli  # stdlib (and absl logging) only, no JAX
+from olmo_jax.errors import ConfigError
+from olmo_jax.parallel.xla_flags import CANDIDATE_GPU_FLAGS, RECOMMENDED_GPU_FLAGS, merge_flags  # stdlib only, no JAX
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,11 +90,10 @@ FIRST_ESTIMATE_S = 60.0  # a setting's compile + steps before one has been measu
 MEMORY_ERRORS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM")
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = cli.ArgumentParser(prog="python tools/gpu_sweep.py", description=__doc__, takes_config=True,
+                                config_default=str(ROOT / "configs" / "1b.py"))
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "runs"), "gpu_sweep"))
-    parser.add_argument("--config", default=str(ROOT / "configs" / "1b.py"))
     parser.add_argument("--global_batch", type=int, default=64, help="rows per step (the recipe's 64)")
     parser.add_argument("--budget_s", type=float, default=480.0, help="wall-clock seconds for all three phases")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per grid or flag setting")
@@ -101,14 +105,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flag_sets", nargs="*", default=["none", *CANDIDATE_GPU_FLAGS],
                         help=f"phase 2: 'none' and/or names in {list(CANDIDATE_GPU_FLAGS)}")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON job description, set by this script
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_with_overrides(argv)
     custom = (args.attentions, args.remats, args.microbatches)
     if any(custom) and not all(custom):
         parser.error("--attentions, --remats and --microbatches go together")
     unknown = set(args.flag_sets) - {"none", *CANDIDATE_GPU_FLAGS}
     if unknown:
         parser.error(f"--flag_sets: unknown {sorted(unknown)}; choose from {['none', *CANDIDATE_GPU_FLAGS]}")
-    return args
+    return args, overrides
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -118,8 +122,15 @@ def run_worker(job: dict[str, Any]) -> None:
     """Compile and time each setting of the job in this process, appending one record per setting."""
     import jax
 
-    from olmo_jax.benchmark import compile_step, describe, peak_device_memory, synthetic_batches, throughput, time_steps
     from olmo_jax.config import load_config
+    from olmo_jax.train.profiling import (
+        compile_step,
+        describe,
+        peak_device_memory,
+        synthetic_batches,
+        throughput,
+        time_steps,
+    )
 
     base = {"phase": job["phase"], "flags": job["flags"], "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
@@ -141,7 +152,8 @@ def run_worker(job: dict[str, Any]) -> None:
             continue
         start = time.time()
         try:
-            step = compile_step(load_config(job["config"], setting.overrides(job["global_batch"])))
+            overrides = [*job["overrides"], *setting.overrides(job["global_batch"])]  # the setting's keys win
+            step = compile_step(load_config(job["config"], overrides))
             info = describe(step)
             needed = info["compiled_memory"].get("total_bytes")
             if limit and needed and needed > limit:
@@ -156,7 +168,7 @@ def run_worker(job: dict[str, Any]) -> None:
             estimate, timed = (took if timed == 0 else max(estimate, took)), timed + 1
             record(setting, "ok", **info, **throughput(step, times), loss=metrics["train/loss"],
                    peak_bytes_in_use=peak_device_memory(), seconds=took)
-        except Exception as e:  # one failing setting must not end the sweep: record it and go on
+        except Exception as e:  # a measurement harness: any failure of one setting is recorded in the table; go on
             text = f"{type(e).__name__}: {e}"
             status = "OOM" if any(m in text for m in MEMORY_ERRORS) else "error"
             if status == "OOM":
@@ -168,14 +180,14 @@ def run_worker(job: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ driver side
 
 
-def run_phase(args: argparse.Namespace, phase: str, flags: str, xla_flags: str, settings: list[Setting],
-              steps: int, deadline: float, records: Path, cache_dir: str) -> None:
+def run_phase(args: argparse.Namespace, overrides: list[str], phase: str, flags: str, xla_flags: str,
+              settings: list[Setting], steps: int, deadline: float, records: Path, cache_dir: str) -> None:
     if time.time() >= deadline:
         print(f"[{phase}/{flags}] no time left in the budget; skipped", flush=True)
         return
     job = {"phase": phase, "flags": flags, "settings": [dataclasses.asdict(s) for s in settings],
-           "config": args.config, "global_batch": args.global_batch, "steps": steps, "warmup": args.warmup,
-           "deadline": deadline, "records": str(records), "cache_dir": cache_dir}
+           "config": args.config, "overrides": overrides, "global_batch": args.global_batch, "steps": steps,
+           "warmup": args.warmup, "deadline": deadline, "records": str(records), "cache_dir": cache_dir}
     env = os.environ | {
         "XLA_FLAGS": xla_flags, "OLMO_JAX_XLA_FLAGS": "0",  # exactly these flags, nothing added
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
@@ -269,40 +281,43 @@ def flag_string(name: str) -> str:
     return merge_flags(flags, CANDIDATE_GPU_FLAGS[name])[0] if name != "recommended" else flags
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def run(argv: list[str] | None = None) -> int:
+    args, overrides = parse(argv)
     if args.worker:
         run_worker(json.loads(args.worker))
         return 0
     if importlib.util.find_spec("ml_collections") is None:
-        print("error: ml_collections is not installed. On a machine without internet: pip download --no-deps "
-              "ml_collections==1.1.0 -d .whl (elsewhere), then pip install --no-deps --no-index "
-              ".whl/ml_collections-*.whl", file=sys.stderr)
-        return 1
+        raise ConfigError("ml_collections is not installed. On a machine without internet: pip download --no-deps "
+                          "ml_collections==1.1.0 -d .whl (elsewhere), then pip install --no-deps --no-index "
+                          ".whl/ml_collections-*.whl")
+    if args.attentions:
+        grid = [Setting(a, r, m) for a, r, m in itertools.product(args.attentions, args.remats, args.microbatches)]
+    else:
+        grid = GRID
+    grid = [s for s in grid if args.global_batch % s.microbatch == 0]
+    from olmo_jax.config import load_config  # ml_collections, no JAX: this process still never imports it
+
+    # A mistyped --config.key=value fails here, once, rather than in every setting of every phase.
+    load_config(args.config, [*overrides, *(grid[0].overrides(args.global_batch) if grid else [])])
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / "sweep.jsonl"
     records_path.unlink(missing_ok=True)
     cache_dir = tempfile.mkdtemp(prefix="olmo_jax_sweep_cache-")
-    if args.attentions:
-        grid = [Setting(a, r, m) for a, r, m in itertools.product(args.attentions, args.remats, args.microbatches)]
-    else:
-        grid = GRID
-    grid = [s for s in grid if args.global_batch % s.microbatch == 0]
     recommended = flag_string("recommended")
-    run_phase(args, "grid", "recommended", recommended, grid, args.steps, start + GRID_SHARE * args.budget_s,
-              records_path, cache_dir)
+    run_phase(args, overrides, "grid", "recommended", recommended, grid, args.steps,
+              start + GRID_SHARE * args.budget_s, records_path, cache_dir)
     winner = best(read_records(records_path))
     if winner is None:
         print("No grid setting ran; see sweep.jsonl.", flush=True)
     else:
         for name in args.flag_sets:
-            run_phase(args, "flags", name, flag_string(name), [setting_of(winner)], args.steps,
+            run_phase(args, overrides, "flags", name, flag_string(name), [setting_of(winner)], args.steps,
                       start + FLAGS_SHARE * args.budget_s, records_path, cache_dir)
         winner = best(read_records(records_path))
-        run_phase(args, "final", winner["flags"], winner["xla_flags"], [setting_of(winner)], args.final_steps,
-                  start + args.budget_s, records_path, cache_dir)
+        run_phase(args, overrides, "final", winner["flags"], winner["xla_flags"], [setting_of(winner)],
+                  args.final_steps, start + args.budget_s, records_path, cache_dir)
     records = read_records(records_path)
     final = [r for r in records if r["phase"] == "final" and r["status"] == "ok"]
     result = {"records": records, "best": final[0] if final else best(records), "budget_s": args.budget_s,
@@ -311,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "sweep.md").write_text(markdown(records, result["best"]))
     print((out / "sweep.md").read_text(), flush=True)
     return 0 if result["best"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

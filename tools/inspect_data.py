@@ -9,54 +9,53 @@ token offset), the data-parallel device and micro-step that receive it, its firs
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
 
-from olmo_jax.assets import AssetError
-from olmo_jax.config import ConfigError, load_config
-from olmo_jax.data import Batches, DataError, TokenFiles, batch_layout
-from olmo_jax.tokenizer import Tokenizer
+from olmo_jax import cli
+from olmo_jax.config import load_config
+from olmo_jax.data.order import Batches, row_positions
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.data.tokenizer import Tokenizer
+from olmo_jax.errors import DataError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("--config", required=True, help="config file, e.g. configs/1b.py")
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python tools/inspect_data.py", description=__doc__, takes_config=True)
     parser.add_argument("--step", type=int, required=True, help="0-based batch index (OLMo global_step − 1)")
     parser.add_argument("--rows", type=int, help="how many rows to show (default: the whole global batch)")
     parser.add_argument("--ids", type=int, default=16, help="first token ids shown per row")
     parser.add_argument("--chars", type=int, default=200, help="decoded characters shown per row (0: all)")
     parser.add_argument("--dp-world-size", type=int, default=1, help="data-parallel devices (drop_last, layout)")
-    args, overrides = parser.parse_known_args(argv)
-    unknown = [o for o in overrides if not o.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        config = load_config(args.config, overrides)
-        m, W = config.model, args.dp_world_size
-        G = config.global_train_batch_size
-        if G % (W * config.device_train_microbatch_size):
-            raise DataError(f"global_train_batch_size={G} is not a multiple of dp_world_size × "
-                            f"device_train_microbatch_size = {W} × {config.device_train_microbatch_size}.")
-        files = TokenFiles(config.data.paths, config.data.memmap_dtype, m.max_sequence_length,
-                           remote=config.data.remote_options())
-        batches = Batches(files, config.data.seed if config.data.seed is not None else config.seed, G,
-                          G // (W * config.device_train_microbatch_size), W, vocab_size=m.vocab_size)
-        tokenizer = Tokenizer.load(config.tokenizer, m.eos_token_id, m.pad_token_id)
-        ids, tokens = batches.instance_ids(args.step), batches.batch_at(args.step)
-    except (ConfigError, DataError, AssetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    layout = batch_layout(G, batches.grad_accum, W)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    p = parser()
+    args, overrides = p.parse_with_overrides(argv)
+    if args.dp_world_size < 1:
+        p.error(f"--dp-world-size={args.dp_world_size} must be at least 1")
+    config = load_config(args.config, overrides)
+    m, W = config.model, args.dp_world_size
+    G = config.global_train_batch_size
+    if G % (W * config.device_train_microbatch_size):
+        raise DataError(f"global_train_batch_size={G} is not a multiple of dp_world_size × "
+                        f"device_train_microbatch_size = {W} × {config.device_train_microbatch_size}.")
+    files = TokenFiles(config.data.paths, config.data.memmap_dtype, m.max_sequence_length,
+                       remote=config.data.remote_options())
+    batches = Batches(files, config.data_seed, G, G // (W * config.device_train_microbatch_size), W,
+                      vocab_size=m.vocab_size)
+    tokenizer = Tokenizer.load(config.tokenizer, m.eos_token_id, m.pad_token_id)
+    ids, tokens = batches.instance_ids(args.step), batches.batch_at(args.step)
+    positions = row_positions(G, batches.grad_accum, W)
     rows_per_device = G // (W * batches.grad_accum)
     epoch = batches.epoch_of(args.step)
     print(f"batch {args.step} (OLMo global_step {args.step + 1}), epoch {epoch} (shuffle seed {batches.seed + epoch}):"
           f" {G} instances of {m.max_sequence_length} tokens from {files.num_instances} in {len(files.paths)} file(s)")
     for position in range(min(args.rows or G, G)):
-        k, j = (int(x[0]) for x in np.nonzero(layout == position))
+        k, j = (int(x[0]) for x in np.nonzero(positions == position))
         instance = int(ids[k, j])
         f, offset = files.locate(instance)
         row = tokens[k, j]
@@ -68,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    ids {row[:args.ids].tolist()}")
         print(f"    text {json.dumps(text, ensure_ascii=False)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,20 @@ with its later value; non-finite values (logged as "nan"/"inf") are left as gaps
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import math
 import sys
 from pathlib import Path
 
-from olmo_jax.monitor import read_metrics
+from olmo_jax import cli
+from olmo_jax.errors import OlmoJaxError
+from olmo_jax.train.metrics import read_metrics
 
 DEFAULT_KEYS = ("train/loss", "train/lr", "train/grad_norm", "throughput/tokens_per_second")
 Series = dict[str, tuple[list[int], list[float]]]  # key → (steps, values)
 
 
-class PlotError(RuntimeError):
+class PlotError(OlmoJaxError):
     """Input that cannot be plotted; the message says which and why."""
 
 
@@ -30,7 +31,8 @@ def load_run(path: Path) -> Series:
     """Every numeric key of a run directory's (or a metrics.jsonl file's) records as (steps, values)."""
     file = path if path.is_file() else path / "metrics.jsonl"
     if not file.is_file():
-        raise PlotError(f"{path} has no metrics.jsonl; give a run directory (train.py writes <run_dir>/metrics.jsonl).")
+        raise PlotError(f"{path} has no metrics.jsonl; give a run directory (python -m olmo_jax.train writes "
+                        "<run_dir>/metrics.jsonl).")
     by_key: dict[str, dict[int, float]] = {}
     for record in read_metrics(file):
         for key, value in record.items():
@@ -96,20 +98,20 @@ def plot(runs: dict[str, Series], keys: list[str], output: Path, log_loss: bool 
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python tools/plot_metrics.py", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl files)")
     parser.add_argument("--output", required=True, type=Path, help="image to write, e.g. plot.png (or .pdf, .svg)")
     parser.add_argument("--keys", nargs="+", default=list(DEFAULT_KEYS), help="metric keys or wildcard patterns, "
                         "one panel each (default: %(default)s)")
     parser.add_argument("--log-loss", action="store_true", help="log scale for the train/loss panel")
-    args = parser.parse_args(argv)
-    try:
-        runs = {label: load_run(path) for label, path in zip(labels_of(args.runs), args.runs, strict=True)}
-        plot(runs, args.keys, args.output, log_loss=args.log_loss)
-    except PlotError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, _ = parser().parse_with_overrides(argv)
+    runs = {label: load_run(path) for label, path in zip(labels_of(args.runs), args.runs, strict=True)}
+    plot(runs, args.keys, args.output, log_loss=args.log_loss)
     for label, series in runs.items():
         steps = sorted({s for steps, _ in series.values() for s in steps})
         loss = series.get("train/loss")
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: steps {steps[0]}–{steps[-1]} ({len(steps)} logged){last}")
     print(f"wrote {args.output}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

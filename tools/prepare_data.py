@@ -1,4 +1,4 @@
-"""Tokenize text into an OLMo token file (olmo_spec.md §5.1–5.2), with a JSON manifest beside it.
+"""Tokenize text into an OLMo token file (docs/olmo_facts.md §5.1–5.2), with a JSON manifest beside it.
 
     python tools/prepare_data.py INPUT [INPUT ...] --output data/mydata.npy [--tokenizer NAME_OR_FILE] [--workers N]
 
@@ -9,16 +9,15 @@ vocabularies above 65,536) to list in `data.paths`; the manifest is written to `
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from olmo_jax.assets import AssetError
-from olmo_jax.prepare import JSONL_SUFFIXES, TEXT_SUFFIXES, PrepareError, manifest_path, prepare
-from olmo_jax.tokenizer import DEFAULT, Tokenizer
+from olmo_jax import cli
+from olmo_jax.data.prepare import JSONL_SUFFIXES, TEXT_SUFFIXES, manifest_path, prepare
+from olmo_jax.data.tokenizer import DEFAULT, Tokenizer
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python tools/prepare_data.py", description=__doc__)
     parser.add_argument("inputs", nargs="+", help="JSONL(.gz) or text files, or directories of them")
     parser.add_argument("--output", required=True, help="token file to write, e.g. data/mydata.npy")
     parser.add_argument("--tokenizer", default=DEFAULT, help=f"known name or tokenizer.json (default: {DEFAULT})")
@@ -30,17 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-field", default="text", help="JSON field holding a document's text")
     parser.add_argument("--encoding-errors", choices=["strict", "replace"], default="strict",
                         help="what to do with bytes that are not UTF-8 (default: strict, an error)")
-    args = parser.parse_args(argv)
-    try:
-        tokenizer = Tokenizer.load(args.tokenizer, eos_token_id=args.eos_token_id)
-        manifest = prepare(args.inputs, args.output, tokenizer, dtype=args.dtype, workers=args.workers,
-                           suffixes=args.suffixes, text_field=args.text_field, encoding_errors=args.encoding_errors)
-    except (PrepareError, AssetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, _ = parser().parse_with_overrides(argv)
+    tokenizer = Tokenizer.load(args.tokenizer, eos_token_id=args.eos_token_id)
+    manifest = prepare(args.inputs, args.output, tokenizer, dtype=args.dtype, workers=args.workers,
+                       suffixes=args.suffixes, text_field=args.text_field, encoding_errors=args.encoding_errors)
     print(f"wrote {args.output}: {manifest['tokens']:,} tokens ({manifest['dtype']}) from {manifest['documents']:,} "
           f"documents in {len(manifest['inputs'])} file(s); manifest {manifest_path(args.output)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

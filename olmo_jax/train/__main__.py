@@ -1,0 +1,65 @@
+"""`python -m olmo_jax.train --config=configs/tiny.py [--config.key=value ...]`: train, or resume a run.
+
+The config file is an ml_collections file; every key can be overridden with a `--config.` prefix, e.g. the
+reference recipe's `--config.scheduler.t_warmup=500` (a misspelt key is an error that suggests the right one). Every
+key is listed in docs/configuration.md. Rerunning a command whose save_folder holds checkpoints resumes from the
+newest complete one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from olmo_jax import cli
+from olmo_jax.config import TrainConfig, load_config
+
+DEFAULT_CONFIG = "configs/tiny.py"
+
+
+def parser() -> cli.ArgumentParser:
+    return cli.ArgumentParser(prog="python -m olmo_jax.train", description=__doc__, takes_config=True,
+                              config_default=DEFAULT_CONFIG)
+
+
+def parse(argv: list[str] | None = None) -> TrainConfig:
+    """The run's config from this command's arguments (what `run` trains with)."""
+    args, overrides = parser().parse_with_overrides(argv)
+    return load_config(args.config, overrides)
+
+
+def run(argv: list[str] | None = None) -> int:
+    config = parse(argv)  # before JAX starts anything: flags and config errors are reported at once
+    from olmo_jax.parallel.xla_flags import apply_recommended_flags
+
+    apply_recommended_flags()  # GPU only, before JAX starts its backend; OLMO_JAX_XLA_FLAGS=0 turns it off
+    from olmo_jax.parallel.distributed import initialize
+
+    initialize(config.distributed)  # before any other JAX call
+    if config.data.stdlib_corpus:
+        build_quickstart_corpus(config)
+    from olmo_jax.train.trainer import train
+
+    train(config)
+    return 0
+
+
+def build_quickstart_corpus(config: TrainConfig) -> None:
+    """configs/tiny.py's corpus: process 0 builds it if it is missing, the others wait; then its unigram entropy,
+    the loss a model reaches by predicting token frequencies alone, is printed as a yardstick."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from olmo_jax.data.quickstart import ensure_stdlib_corpus, unigram_entropy
+
+    if jax.process_index() == 0:
+        ensure_stdlib_corpus(config.data.paths[0], config.tokenizer)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("stdlib corpus built")
+    if jax.process_index() == 0:
+        entropy = unigram_entropy(config.data.paths[0], config.data.memmap_dtype)
+        print(f"  corpus: unigram entropy {entropy:.3f} nats (a loss below it means the model uses context)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(run))

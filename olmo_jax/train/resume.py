@@ -1,0 +1,141 @@
+"""Where a run's state comes from (its own newest checkpoint, `load_path`, or a fresh initialisation) and the checks
+that a checkpoint fits the run: the same architecture, the same data.
+
+A checkpoint records its model's architecture and the data fingerprint (files, sizes, dtype, sequence length, seed,
+global batch size: what decides the batch of every step). Resuming or continuing a full state from a checkpoint made
+for another architecture or other data is refused with the differences listed, unless `allow_resume_mismatch`; a
+difference in parameter shapes is refused always. How the model runs (RunOptions) is never compared: the run
+chooses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from olmo_jax.data.token_files import TokenFiles
+from olmo_jax.errors import CheckpointError, TrainingError
+from olmo_jax.model.config import ModelConfig
+from olmo_jax.model.hf import load_hf
+from olmo_jax.model.transformer import param_shapes
+from olmo_jax.train.checkpoint import Checkpointer, model_config_from_meta, open_step
+from olmo_jax.train.optim import OPT_STATE_LAYOUT, from_legacy_opt_state, legacy_opt_state
+from olmo_jax.train.step import JittedStep, TrainState, new_state
+
+# Architecture fields that change what the model computes without changing parameter shapes: compared for every
+# kind of load. The rest (initialisation, vocab_size, eos/pad) matter to a run's continuation only.
+COMPUTE_FIELDS = ("clip_qkv", "rope_theta", "layer_norm_eps")
+
+
+def data_fingerprint(files: TokenFiles, seed: int, global_batch_size: int) -> dict[str, Any]:
+    """What decides which instances each step sees: the files, the seed and the global batch size."""
+    return {**files.fingerprint(), "seed": seed, "global_train_batch_size": global_batch_size}
+
+
+def model_differences(saved: ModelConfig, config: ModelConfig, weights_only: bool) -> tuple[list[str], bool]:
+    """`model.<field>: saved vs config` for each field that differs, and whether the parameter shapes differ (then
+    nothing can be restored). A weights-only load (an HF directory, reset_optimizer_state) starts a new run from the
+    weights, so only what they compute is compared; continuing a run compares the whole architecture."""
+    shapes_differ = param_shapes(saved) != param_shapes(config)
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    if weights_only and not shapes_differ:
+        names = list(COMPUTE_FIELDS)
+    return [f"model.{k}: {getattr(saved, k)!r} vs {getattr(config, k)!r}" for k in names
+            if getattr(saved, k) != getattr(config, k)], shapes_differ
+
+
+def check_compatible(saved_model: ModelConfig, saved_data: dict[str, Any] | None, config: ModelConfig,
+                     fingerprint: dict[str, Any], allow_mismatch: bool, weights_only: bool, where: Path,
+                     fix: str) -> None:
+    """Refuse to continue from a checkpoint made for another model or other data, unless allowed."""
+    problems, shapes_differ = model_differences(saved_model, config, weights_only)
+    if saved_data is not None and saved_data != fingerprint:
+        changed = sorted(k for k in fingerprint if saved_data.get(k) != fingerprint[k])
+        problems.append(f"data ({', '.join(changed)}): {[saved_data.get(k) for k in changed]} vs "
+                        f"{[fingerprint[k] for k in changed]}")
+    if shapes_differ:
+        listing = "\n  - ".join(problems)
+        raise TrainingError(f"{where} does not fit config.model (checkpoint vs config):\n  - {listing}")
+    if problems and not allow_mismatch:
+        raise TrainingError(
+            f"{where} was made for another run (checkpoint vs config):\n  - " + "\n  - ".join(problems)
+            + f"\n{fix}, or set --config.allow_resume_mismatch=True to continue anyway."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSource:
+    """What `initial_state` needs to know about the run."""
+
+    model: ModelConfig
+    fingerprint: dict[str, Any]
+    load_path: str | None
+    reset_optimizer_state: bool
+    allow_mismatch: bool
+    init_fn: str
+    seed: int
+
+
+def initial_state(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer,
+                  schedule: optax.Schedule) -> tuple[TrainState, str]:
+    """Resume from this run's newest complete checkpoint, else start from load_path, else initialise. Returns the
+    state and how it came about (for the run's summary). `schedule` is the optimizer's, for checkpoints of the
+    earlier optimizer-state layout."""
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        return restore(source, jitted, checkpointer, latest, schedule, resuming=True)
+    if source.load_path:
+        path = Path(source.load_path)
+        if (path / "config.json").exists():  # a Hugging Face directory: weights only
+            hf_config, params = load_hf(path)
+            check_compatible(hf_config, None, source.model, source.fingerprint, source.allow_mismatch, True, path,
+                             "Use a config matching the HF model")
+            return fresh_optimizer(params, jitted), f"loaded weights from HF directory {path}"
+        reader, step = open_step(path)
+        try:
+            return restore(source, jitted, reader, step, schedule, resuming=False)
+        finally:
+            reader.close()
+    return jitted.init(jax.random.key(source.seed)), f"initialised ({source.init_fn} init)"
+
+
+def restore(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer, step: int,
+            schedule: optax.Schedule, resuming: bool) -> tuple[TrainState, str]:
+    """The full state of `step` (resume, or load_path), or its weights alone with a new optimizer at step 0 (a
+    weights-only checkpoint such as a converted HF model, or load_path with reset_optimizer_state)."""
+    where = checkpointer.directory / str(step)
+    meta = checkpointer.meta(step)
+    saved_model = model_config_from_meta(meta)
+    weights_only = not (where / "opt_state").exists() or (source.reset_optimizer_state and not resuming)
+    fix = ("Use a new save_folder for a different run" if resuming else
+           "Set --config.reset_optimizer_state=True to take only its weights")
+    check_compatible(saved_model, None if weights_only else meta.get("data_fingerprint"), source.model,
+                     source.fingerprint, source.allow_mismatch, weights_only, where, fix)
+    abstract = jitted.abstract_state
+    if weights_only:
+        params, _, _ = checkpointer.restore(step, abstract.params)
+        return fresh_optimizer(params, jitted), f"loaded the weights of {where} (new optimizer state, step 0)"
+    layout = meta.get("opt_state_layout", 1)
+    if layout == OPT_STATE_LAYOUT:
+        params, opt_state, _ = checkpointer.restore(step, abstract.params, abstract.opt_state)
+    elif layout == 1:
+        params, legacy, _ = checkpointer.restore(step, abstract.params, legacy_opt_state(abstract.opt_state))
+        opt_state = jax.jit(lambda s: from_legacy_opt_state(s, abstract.opt_state, schedule),
+                            out_shardings=jitted.state_shardings.opt_state)(legacy)
+    else:
+        raise CheckpointError(f"{where} has optimizer-state layout {layout}, newer than this olmo_jax reads "
+                              f"({OPT_STATE_LAYOUT}); upgrade olmo_jax.")
+    state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True))
+    return state, f"{'resumed from' if resuming else 'loaded the full state of'} {where}"
+
+
+def fresh_optimizer(params: Any, jitted: JittedStep) -> TrainState:
+    """Step 0 of a new run from these weights: a new optimizer state, laid out on the mesh."""
+    params = jax.device_put(params, jitted.state_shardings.params)
+    make = jax.jit(lambda p: new_state(p, jitted.optimizer), out_shardings=jitted.state_shardings)
+    return make(params)
