@@ -6,11 +6,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from conftest import run_python, tiny_config
 
 from olmo_jax.model.hf import load_hf, save_hf
 from olmo_jax.model.transformer import init_params
 from olmo_jax.train.checkpoint import load_params
+
+pytestmark = pytest.mark.slow
 
 
 def test_hf_to_checkpoint_to_hf_round_trip(tmp_path: Path, tokenizer_json: Path) -> None:

@@ -7,12 +7,15 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import ROOT, run_python
 
 from olmo_jax.config import load_config
 from olmo_jax.data.order import Batches, global_indices
 from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.data.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
 
 
 def test_inspect_shows_each_rows_instance_file_offset_ids_and_text(tmp_path: Path, tokenizer_json: Path) -> None:

@@ -16,6 +16,8 @@ from olmo_jax.model.hf import save_hf
 from olmo_jax.model.transformer import init_params
 from olmo_jax.train.checkpoint import save_params
 
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -109,6 +109,7 @@ def _hf_loglikelihood(model, context: list[int], continuation: list[int], max_le
     return sum(float(logp[len(window) - n + j, targets[j]]) for j in range(n))
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("max_len", [256, 24])  # 24: left truncation, and continuations longer than the window
 def test_loglikelihoods_match_transformers(tmp_path: Path, max_len: int) -> None:
     torch = pytest.importorskip("torch")
@@ -152,6 +153,7 @@ def test_random_model_perplexity_is_the_padded_vocabulary(tmp_path: Path) -> Non
     assert metrics["eval/val/CrossEntropyLoss"] == pytest.approx(math.log(256), rel=2e-4)
 
 
+@pytest.mark.slow
 def test_perplexity_is_olmos_mean_of_instance_means(tmp_path: Path) -> None:
     config = tiny_config(init_fn="normal", init_std=0.1)
     params = init_params(config, jax.random.key(1))
@@ -180,6 +182,7 @@ def test_perplexity_rejects_ids_outside_the_vocabulary(tmp_path: Path) -> None:
         evaluators(init_params(config, jax.random.key(0)))
 
 
+@pytest.mark.network
 def test_evaluators_return_olmos_metric_names(tmp_path: Path) -> None:
     config = olmo_sized()
     params = init_params(config, jax.random.key(0))
@@ -235,6 +238,7 @@ with jax.set_mesh(mesh):
 """
 
 
+@pytest.mark.slow
 def test_params_sharded_over_devices(tmp_path: Path) -> None:
     result = run_python("-c", SHARDED, str(tmp_path / "val.npy"), env={"JAX_NUM_CPU_DEVICES": "4"})
     assert result.returncode == 0, result.stderr

@@ -44,6 +44,7 @@ def _reforward_greedy(config: ModelConfig, params: dict, prompt: list[int], n: i
     return ids[len(prompt):], hit_padding
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_equals_full_reforward() -> None:
     # Half the embedding rows are padding (vocab 128 of 256), so an unmasked argmax would often emit them.
     config = tiny_config(n_kv_heads=2, clip_qkv=2.0, vocab_size=128, eos_token_id=127, **RANDOM_MODEL)
@@ -77,6 +78,7 @@ def _hf_greedy(model, config: ModelConfig, prompts: list[list[int]], n: int, eos
     return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "batches"),
     [
@@ -150,6 +152,7 @@ def test_samples_respect_temperature_top_k_and_top_p() -> None:
     np.testing.assert_allclose(samples(0.5, None, None), sharp, atol=0.03)
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_and_top_k_1_is_greedy() -> None:
     config = tiny_config(init_fn="normal", init_std=0.1)  # a flatter distribution: samples differ from greedy
     params = init_params(config, jax.random.key(2))
@@ -207,6 +210,7 @@ def _expected_text(config: ModelConfig, params: dict, tokenizer: Path, prompts: 
     return "\n\n".join(p + tok.decode(ids) for p, ids in zip(prompts, new, strict=True))
 
 
+@pytest.mark.slow
 def test_cli_from_checkpoint_and_hf_directory(tmp_path: Path, tokenizer_json: Path, text_model: tuple) -> None:
     config, params = text_model
     prompts = ["Language modeling is", "OLMo"]
@@ -223,6 +227,7 @@ def test_cli_from_checkpoint_and_hf_directory(tmp_path: Path, tokenizer_json: Pa
     assert result.stdout == expected + "\n"
 
 
+@pytest.mark.slow
 def test_language_model_api(tmp_path: Path, tokenizer_json: Path, text_model: tuple) -> None:
     config, params = text_model
     save_hf(config, params, tmp_path, tokenizer=tokenizer_json)
@@ -239,6 +244,7 @@ def test_language_model_api(tmp_path: Path, tokenizer_json: Path, text_model: tu
     assert all(0 <= t < config.vocab_size for t in bf16.generate(ids, max_new_tokens=8))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = run_python("-m", "olmo_jax.generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x")
     assert result.returncode == 1 and result.stderr.startswith("error:") and "does not exist" in result.stderr

@@ -32,6 +32,7 @@ def _hf_logits(path: Path, ids: np.ndarray) -> np.ndarray:
         return model.eval()(torch.tensor(ids)).logits.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tied", "clip", "heads", "kv_heads", "length"), CASES)
 def test_ours_to_hf_logits_match(tmp_path: Path, tied: bool, clip: float | None, heads: int, kv_heads: int | None,
                                  length: int) -> None:
@@ -46,6 +47,7 @@ def test_ours_to_hf_logits_match(tmp_path: Path, tied: bool, clip: float | None,
     assert np.abs(ours - theirs).max() <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tied", "clip", "heads", "kv_heads", "length"), CASES)
 def test_hf_to_ours_logits_match(tmp_path: Path, tied: bool, clip: float | None, heads: int, kv_heads: int | None,
                                  length: int) -> None:

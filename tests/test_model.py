@@ -100,6 +100,7 @@ def test_causality() -> None:
         assert not np.allclose(out[:, t], base[:, t])
 
 
+@pytest.mark.slow
 def test_logits_are_fp32_over_the_padded_vocabulary_in_both_precisions() -> None:
     config = tiny_config()
     params = init_params(config, jax.random.key(0))
@@ -109,6 +110,7 @@ def test_logits_are_fp32_over_the_padded_vocabulary_in_both_precisions() -> None
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_bf16_forward_is_close_to_fp32() -> None:
     config = tiny_config()
     params = init_params(config, jax.random.key(0))
@@ -118,6 +120,7 @@ def test_bf16_forward_is_close_to_fp32() -> None:
     assert np.abs(np.asarray(fp32 - bf16)).max() < 0.05 * np.abs(np.asarray(fp32)).max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["save_matmuls", "full"])
 def test_remat_changes_nothing_numerically(remat: str) -> None:
     config = tiny_config()
@@ -132,6 +135,7 @@ def test_remat_changes_nothing_numerically(remat: str) -> None:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), g0, g1)
 
 
+@pytest.mark.slow
 def test_kv_cache_decode_equals_full_forward() -> None:
     config = tiny_config(n_kv_heads=2)
     params = init_params(config, jax.random.key(0))
@@ -176,6 +180,7 @@ def test_invalid_run_options_are_rejected(overrides: dict, message: str) -> None
         RunOptions(**overrides)
 
 
+@pytest.mark.slow
 def test_run_options_never_change_the_parameters() -> None:
     """The architecture alone shapes and draws the parameters; how the model runs is a separate choice."""
     config = tiny_config()
@@ -225,6 +230,7 @@ def test_explicit_cudnn_where_it_cannot_run_is_a_clear_error() -> None:
         OLMo(tiny_config(), options).apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("t", "n", "kv", "block"), [(20, 4, 4, 8), (20, 4, 2, 8), (64, 2, 1, 4), (7, 2, 2, 128)])
 def test_blocked_causal_attention_equals_jax_attention(t: int, n: int, kv: int, block: int) -> None:
     """Our query-blocked XLA attention against jax.nn.dot_product_attention, values and gradients: blocks that do not
@@ -248,6 +254,7 @@ def test_blocked_causal_attention_equals_jax_attention(t: int, n: int, kv: int, 
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_blocked_causal_attention_in_bf16_matches_jax_attention_exactly() -> None:
     """Same numerics as the generic XLA path (fp32 scores, scaled in fp32; fp32 softmax; bf16 probabilities), so
     the same bits, for a head size whose scale 1/√H is not a power of two too."""

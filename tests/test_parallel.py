@@ -24,6 +24,8 @@ from olmo_jax.parallel.mesh import spec_for
 from olmo_jax.train.metrics import read_metrics
 from olmo_jax.train.trainer import train
 
+pytestmark = pytest.mark.slow
+
 MICRO = ROOT / "tests" / "configs" / "micro.py"
 # 8 rows per step, one per device per micro-step on 8 devices; 8 micro-steps on one device.
 BATCH = ["global_train_batch_size=8", "device_train_microbatch_size=1"]

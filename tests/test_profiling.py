@@ -17,6 +17,8 @@ from conftest import run_python
 from olmo_jax.config import load_config
 from olmo_jax.train import profiling
 
+pytestmark = pytest.mark.slow
+
 MICRO = "tests/configs/micro.py"
 
 

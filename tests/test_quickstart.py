@@ -16,6 +16,8 @@ from olmo_jax.errors import DataError
 from olmo_jax.train.metrics import read_metrics
 from olmo_jax.train.trainer import train
 
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
 
 def test_stdlib_sources_are_deterministic_and_skip_tests() -> None:
     files = stdlib_sources(500_000)

@@ -298,6 +298,7 @@ def test_a_partial_chunk_is_never_served(data_dir: Path, tmp_path: Path) -> None
 
 # --- a training run whose data server fails for good ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_from_a_url_stops_on_a_persistent_error_and_resumes(tmp_path: Path) -> None:
     from test_trainer import MICRO, _losses
 
@@ -325,6 +326,7 @@ def test_training_from_a_url_stops_on_a_persistent_error_and_resumes(tmp_path: P
     assert _losses(tmp_path / "run")[5] == first[5]  # ... and redoes step 5 bitwise
 
 
+@pytest.mark.slow
 def test_bench_reports_local_streamed_and_cached_rates() -> None:
     result = run_python("tools/bench_remote.py", "--config=configs/tiny.py", "--mb", "2", "--files", "2", "--batches",
                         "6", "--warmup", "1", "--repeats", "2", "--latencies", "0", "30", "--cache", "--json")

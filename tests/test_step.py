@@ -56,6 +56,7 @@ def test_chunk_length_divides_the_sequence() -> None:
     assert chunk_length(2048, 512) == 512 and chunk_length(20, 16) == 10 and chunk_length(7, 100) == 7
 
 
+@pytest.mark.slow
 def test_loss_is_the_mean_over_all_targets() -> None:
     config = tiny_config()
     step, state = _step(config)
@@ -66,6 +67,7 @@ def test_loss_is_the_mean_over_all_targets() -> None:
     np.testing.assert_allclose(metrics["train/z_loss"], Z_LOSS_WEIGHT * sums.z / (4 * 19), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_accumulating_microbatches_equals_one_large_batch() -> None:
     config = tiny_config()
     step, state = _step(config)
@@ -81,6 +83,7 @@ def test_accumulating_microbatches_equals_one_large_batch() -> None:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), new4.params, new1.params)
 
 
+@pytest.mark.slow
 def test_one_step_matches_an_optax_reference_update() -> None:
     """The compiled step = grad of the mean CE, then the optimizer chain, applied once."""
     config = tiny_config()
@@ -127,6 +130,7 @@ def test_non_finite_loss_leaves_the_state_unchanged_from_then_on() -> None:
     jax.tree.map(np.testing.assert_array_equal, later.params, good.params)
 
 
+@pytest.mark.slow
 def test_z_loss_is_added_only_when_enabled() -> None:
     config = tiny_config()
     batch = _batch((1, 2, 16))
@@ -140,6 +144,7 @@ def test_z_loss_is_added_only_when_enabled() -> None:
     assert max(diff) > 0  # the z-loss changed the gradient
 
 
+@pytest.mark.slow
 def test_bf16_step_keeps_fp32_master_weights_and_moments() -> None:
     step, state = _step(tiny_config(), options=RunOptions(dtype="bfloat16"))
     state, metrics = step(state, _batch((2, 2, 16)))
@@ -148,6 +153,7 @@ def test_bf16_step_keeps_fp32_master_weights_and_moments() -> None:
     assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state.opt_state))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["save_matmuls", "full"])
 def test_remat_policies_give_identical_losses(remat: str) -> None:
     batch = _batch((2, 2, 16))

@@ -39,6 +39,7 @@ def test_registry_matches_olmo() -> None:
                      "copa": 100}  # docs/olmo_facts.md §8.2
 
 
+@pytest.mark.network
 def test_piqa() -> None:
     solution = (" Provide the guinea pig with a cage full of a few inches of bedding made of ripped {}, you will also "
                 "need to supply it with a water bottle and a food dish.")
@@ -49,6 +50,7 @@ def test_piqa() -> None:
     )
 
 
+@pytest.mark.network
 def test_hellaswag_capitalizes_ctx_b() -> None:
     assert doc("hellaswag") == shared(
         "Roof shingle removal: A man is sitting on a roof. He",
@@ -61,6 +63,7 @@ def test_hellaswag_capitalizes_ctx_b() -> None:
     assert hellaswag(row).contexts[0] == "Roof shingle removal: A man is sitting on a roof. The man then"
 
 
+@pytest.mark.network
 def test_hellaswag_preprocesses_wikihow_rows() -> None:
     first_wikihow = next(i for i, r in enumerate(rows("hellaswag")) if r["source_id"].startswith("wikihow"))
     assert first_wikihow == 3243
@@ -83,6 +86,7 @@ def test_hellaswag_preprocesses_wikihow_rows() -> None:
     assert d.label == 3
 
 
+@pytest.mark.network
 def test_winogrande_has_two_contexts_and_one_continuation() -> None:
     assert doc("winogrande") == Doc(
         ("Sarah was a much better surgeon than Maria so Sarah", "Sarah was a much better surgeon than Maria so Maria"),
@@ -91,6 +95,7 @@ def test_winogrande_has_two_contexts_and_one_continuation() -> None:
     )
 
 
+@pytest.mark.network
 def test_openbook_qa() -> None:
     assert doc("openbook_qa") == shared(
         "Frilled sharks and angler fish live far beneath the surface of the ocean, which is why they are known as",
@@ -99,6 +104,7 @@ def test_openbook_qa() -> None:
     )
 
 
+@pytest.mark.network
 def test_sciq_answer_is_always_last() -> None:
     assert doc("sciq") == shared(
         "\nQuestion: Who proposed the theory of evolution by natural selection?\nAnswer:",  # empty support
@@ -115,6 +121,7 @@ def test_sciq_answer_is_always_last() -> None:
     assert with_support.label == 3
 
 
+@pytest.mark.network
 def test_arc() -> None:
     assert doc("arc_easy") == shared(
         "Question: Which technology was developed most recently?\nAnswer:",
@@ -133,6 +140,7 @@ def test_arc() -> None:
     )
 
 
+@pytest.mark.network
 def test_copa_connectives_and_lower_case() -> None:
     assert doc("copa") == shared(
         "The man turned on the faucet therefore", " the toilet filled with water.", " water flowed from the spout.",
@@ -143,6 +151,7 @@ def test_copa_connectives_and_lower_case() -> None:
     )
 
 
+@pytest.mark.network
 def test_boolq() -> None:
     row = rows("boolq")[0]
     assert row["passage"].startswith("All biomass goes through") and row["answer"] is False
@@ -152,6 +161,7 @@ def test_boolq() -> None:
     )
 
 
+@pytest.mark.network
 def test_rte() -> None:
     assert doc("rte") == shared(
         "Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age 44, according to the "
@@ -161,6 +171,7 @@ def test_rte() -> None:
     )
 
 
+@pytest.mark.network
 def test_commitment_bank() -> None:
     assert doc("commitment_bank") == shared(
         "Valence the void-brain, Valence the virtuous valet. Why couldn't the figger choose his own portion of titanic "
@@ -171,6 +182,7 @@ def test_commitment_bank() -> None:
     )
 
 
+@pytest.mark.network
 def test_mrpc_detokenizes_and_maps_equivalent_to_yes() -> None:
     assert doc("mrpc") == shared(
         "Sentence 1: He said the foodservice pie business doesn't fit the company's long-term growth strategy.\n"
@@ -181,6 +193,7 @@ def test_mrpc_detokenizes_and_maps_equivalent_to_yes() -> None:
     )
 
 
+@pytest.mark.network
 def test_sst2() -> None:
     assert doc("sst2") == shared(
         "it's a charming and often affecting journey. \nQuestion: Is this sentence positive or negative?\nAnswer:",
@@ -189,6 +202,7 @@ def test_sst2() -> None:
     )
 
 
+@pytest.mark.network
 def test_local_folder_and_jsonl_sources(tmp_path: Path) -> None:
     copa = get_task("copa")
     folder = assets.resolve(copa.asset)

@@ -40,6 +40,7 @@ def test_encode_appends_eos_once_and_no_bos(tokenizer_json: Path) -> None:
     assert tok.decode(ids, skip_special_tokens=False) == TEXT + "<|endoftext|>"
 
 
+@pytest.mark.network
 def test_default_tokenizer_has_olmos_ids() -> None:
     tok = Tokenizer.load()
     assert tok.vocab_size == 50_280 and (tok.eos_token_id, tok.pad_token_id) == (50_279, 1)
@@ -50,6 +51,7 @@ def test_default_tokenizer_has_olmos_ids() -> None:
     assert tok.decode([1], skip_special_tokens=False) == "<|padding|>"
 
 
+@pytest.mark.network
 def test_known_names_resolve_through_the_wheel(wheel: Path, empty_cache: Path) -> None:
     (empty_cache / "wheels").mkdir(parents=True)
     os.symlink(wheel, empty_cache / "wheels" / assets.WHEEL_NAME)  # a fresh cache that only holds the wheel

@@ -26,6 +26,8 @@ from olmo_jax.errors import CheckpointError, ConfigError, TrainingError
 from olmo_jax.train.metrics import read_metrics
 from olmo_jax.train.trainer import train
 
+pytestmark = pytest.mark.slow
+
 MICRO = ROOT / "tests" / "configs" / "micro.py"
 
 

@@ -12,7 +12,6 @@ Python, `RangeServer` also injects failures (`fail`) and records the requests it
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import http.server
@@ -25,6 +24,8 @@ import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
+
+from olmo_jax import cli
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _GCS = "/storage/v1/b/"
@@ -192,12 +193,12 @@ def _handler(server: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv: list[str] | None = None) -> int:
+    parser = cli.ArgumentParser(prog="python tools/range_server.py", description=__doc__)
     parser.add_argument("root", help="directory to serve")
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free one)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every request")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_with_overrides(argv)
     if not Path(args.root).is_dir():
         parser.error(f"{args.root} is not a directory")
     server = RangeServer(args.root, args.latency_ms / 1000, args.port)
@@ -208,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             done.wait()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -61,5 +61,9 @@ def build_quickstart_corpus(config: TrainConfig) -> None:
               flush=True)
 
 
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.main(run))
+    sys.exit(main())
