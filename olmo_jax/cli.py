@@ -20,8 +20,8 @@ from typing import NoReturn
 from olmo_jax.errors import OlmoJaxError, UsageError
 
 TRACEBACK_ENV = "OLMO_JAX_TRACEBACK"  # "1": print the full chain of an error, not only its message
-CONFIG_HELP = ("--config.KEY=VALUE overrides any key of the config file (repeat a tuple key to give several values); "
-               "every key, its default and its meaning: docs/configuration.md, or python tools/config_reference.py.")
+CONFIG_HELP = ("--config.KEY=VALUE overrides any key of the config file (repeat a tuple key to give several values).\n"
+               "Every key, its default and its meaning: docs/configuration.md (or python tools/config_reference.py).")
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -41,3 +42,23 @@ def test_convert_errors_are_one_line(tmp_path: Path) -> None:
     result = run_python("tools/convert_to_hf.py", "--checkpoint", str(tmp_path / "nothing"),
                         "--output", str(tmp_path / "o"))
     assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_trained_with_cudnn_attention_converts_on_a_cpu(tmp_path: Path, tokenizer_json: Path) -> None:
+    """olmo_jax 0.1 saved how a run ran (attention_impl='cudnn', bf16) as part of the model and restored it, so its
+    checkpoints from a GPU could not be converted on a CPU; conversion never runs the model and ignores it now."""
+    from olmo_jax.train.checkpoint import Checkpointer
+
+    config = tiny_config(vocab_size=300, embedding_size=320, eos_token_id=0)
+    params = init_params(config, jax.random.key(1))
+    record = dataclasses.asdict(config) | {"compute_dtype": "bfloat16", "attention_impl": "cudnn", "remat": "full"}
+    writer = Checkpointer(tmp_path / "gpu_run" / "checkpoints", async_save=False)
+    writer.save(5, params, {"step": 5, "model": record})
+    writer.wait()
+    writer.close()
+    result = run_python("tools/convert_to_hf.py", "--checkpoint", str(tmp_path / "gpu_run"), "--output",
+                        str(tmp_path / "hf"), "--tokenizer", str(tokenizer_json), env={"JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr
+    loaded_config, loaded = load_hf(tmp_path / "hf")
+    assert loaded_config.d_model == config.d_model
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), loaded)

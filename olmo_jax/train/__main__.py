@@ -32,13 +32,15 @@ def run(argv: list[str] | None = None) -> int:
     from olmo_jax.parallel.xla_flags import apply_recommended_flags
 
     apply_recommended_flags()  # GPU only, before JAX starts its backend; OLMO_JAX_XLA_FLAGS=0 turns it off
-    from olmo_jax.parallel.distributed import initialize
+    import jax
 
-    initialize(config.distributed)  # before any other JAX call
-    if config.data.stdlib_corpus:
-        build_quickstart_corpus(config)
+    from olmo_jax.parallel.distributed import initialize
     from olmo_jax.train.trainer import train
 
+    initialize(config.distributed)  # before any other JAX call
+    config.mesh.shape(jax.device_count())  # a mesh that cannot fit fails before anything is built
+    if config.data.stdlib_corpus:
+        build_quickstart_corpus(config)
     train(config)
     return 0
 
