@@ -46,7 +46,7 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.Cap
     assert run([f"--config={ROOT / 'configs' / 'tiny.py'}", *overrides, "--config.stop_at=2",
                 "--config.evaluators=()"]) == 0
     out = capsys.readouterr().out
-    assert "unigram entropy" in out and "Stopped at step 2" in out
+    assert "unigram entropy" in out and "Finished at step 2" in out
     # The tiny config's evaluators, on a few examples each, with the held-out set the command built.
     evaluators = tuple(
         dataclasses.replace(e, limit=4, paths=(str(heldout_path(train_path)),) if e.type == "perplexity" else e.paths)
