@@ -231,7 +231,7 @@ def _unknown_key_message(message: str, argv: Sequence[str]) -> str:
             parent = parts[:parts.index(wrong)]
             hint = f" Did you mean {'.'.join([*parent, suggestion[1]])}?" if suggestion else ""
             return f"{flag}: no config key {key}.{hint} (every key: {CONFIG_KEYS_DOC})"
-    return f"No config key {wrong!r}: {_one_line(AttributeError(message))} (every key: {CONFIG_KEYS_DOC})"
+    return f"No config key {wrong!r}: {' '.join(message.split())} (every key: {CONFIG_KEYS_DOC})"
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
