@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.load_path = none_or(str)
     c.reset_optimizer_state = False  # with load_path: take the weights only, with a new optimizer at step 0 (OLMo name)
     c.allow_resume_mismatch = False  # resume although the checkpoint's model config or data fingerprint differs (ours)
+    # resume although the checkpoint's optimizer, LR schedule, clipping or z-loss settings differ (ours)
+    c.allow_optimizer_change = False
     c.console_log_interval = 10  # steps between console lines and metrics.jsonl records (OLMo: console_log_interval)
     c.tensorboard = True  # write TensorBoard event files to <save_folder>/tensorboard (ours)
     # sequence positions whose logits exist at once in the loss; 8 × 512 × 50,304 fp32 = 824 MB (ours)

@@ -58,12 +58,29 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def set_verbosity(level: int) -> None:
-    """0: Orbax's and XLA's INFO logs (absl logging, every step of their work) are hidden; 1 and up: shown."""
+    """0: Orbax's and XLA's INFO logs (absl logging, every step of their work) are hidden, and so are Orbax's reports
+    that `_quiet_orbax` names; 1 and up: all shown."""
+    import logging as std_logging
+
     from absl import logging
 
     logging.set_verbosity(logging.INFO if level >= 1 else logging.WARNING)
     if level >= 1:
         os.environ[TRACEBACK_ENV] = "1"
+    else:
+        std_logging.getLogger("absl").addFilter(_quiet_orbax)
+        std_logging.getLogger("asyncio").addFilter(_quiet_orbax)
+
+
+def _quiet_orbax(record: object) -> bool:
+    """Drop, at verbosity 0: Orbax's warning that a reader's folder is read-only (readers open checkpoints read-only on
+    purpose), and Orbax's and asyncio's reports of a failed checkpoint write or read from their own threads (the
+    failure reaches the command as one `error:` line, olmo_jax/train/checkpoint.py)."""
+    message = str(getattr(record, "msg", ""))
+    if message.startswith("Given directory is read only"):
+        return False
+    from_orbax = any("orbax" in str(getattr(record, name, "")) for name in ("pathname", "msg", "args"))
+    return not (from_orbax and getattr(record, "levelno", 0) >= 40)
 
 
 def report(error: OlmoJaxError) -> None:
@@ -80,3 +97,6 @@ def main(body: Callable[[list[str] | None], int | None], argv: list[str] | None 
     except OlmoJaxError as e:
         report(e)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C (the first asks a run to stop cleanly)
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -65,6 +65,7 @@ class TrainConfig:
     load_path: str | None
     reset_optimizer_state: bool
     allow_resume_mismatch: bool
+    allow_optimizer_change: bool
     console_log_interval: int
     tensorboard: bool
     loss_chunk_size: int

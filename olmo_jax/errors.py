@@ -46,7 +46,15 @@ class AssetError(OlmoJaxError):
 
 
 class CheckpointError(OlmoJaxError):
-    """A checkpoint that cannot be found or read, with what to do about it."""
+    """A checkpoint that cannot be found, read or written, with what to do about it."""
+
+
+class CheckpointDamagedError(CheckpointError):
+    """A checkpoint step whose files cannot be read or whose arrays do not match the checksums saved with them."""
+
+
+class CheckpointVanishedError(CheckpointError):
+    """A checkpoint step that was deleted while being read (rotated away by the run that writes it)."""
 
 
 class ConversionError(OlmoJaxError):
@@ -63,6 +71,7 @@ class DistributedError(OlmoJaxError):
 
 
 __all__ = [
-    "AssetError", "CheckpointError", "ConfigError", "ConversionError", "DataError", "DistributedError",
-    "DownloadError", "OlmoJaxError", "PrepareError", "RemoteError", "TaskDataError", "TrainingError", "UsageError",
+    "AssetError", "CheckpointDamagedError", "CheckpointError", "CheckpointVanishedError", "ConfigError",
+    "ConversionError", "DataError", "DistributedError", "DownloadError", "OlmoJaxError", "PrepareError", "RemoteError",
+    "TaskDataError", "TrainingError", "UsageError",
 ]

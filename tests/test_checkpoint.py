@@ -40,21 +40,19 @@ def test_every_path_form_resolves(saved: tuple[Path, dict]) -> None:
 
 
 def test_readers_leave_a_save_in_flight_alone(saved: tuple[Path, dict]) -> None:
-    """A reader (load_params, open_step) never schedules Orbax's clean-up of temporary step directories, which in a
-    live run are saves in flight; a writing Checkpointer does, and its clean-up removes them (the control)."""
+    """A reader (load_params, open_step) never removes temporary step directories, which in a live run are saves in
+    flight; the run's own writer removes its killed predecessor's when it opens (the control)."""
     run, params = saved
     in_flight = run / "checkpoints" / "9.orbax-checkpoint-tmp"  # a live run's unfinished save, as Orbax names it
     in_flight.mkdir()
     _, loaded, meta = load_params(run)
     reader, step = open_step(run)
-    assert reader._manager._cleanup_tmp_directory_future is None  # no clean-up scheduled, so none can run later
     reader.close()
     assert meta["step"] == step == 7 and in_flight.exists()
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
-    writer = Checkpointer(run / "checkpoints")
-    writer._manager._cleanup_tmp_directory_future.result()  # the clean-up a writer schedules, run to its end
-    writer.close()
+    writer = Checkpointer(run / "checkpoints")  # removes them synchronously, before it returns
     assert not in_flight.exists()
+    writer.close()
 
 
 def test_weights_only_checkpoint_refuses_a_full_restore(tmp_path: Path) -> None:

@@ -166,14 +166,72 @@ def test_half_written_checkpoint_is_ignored(tokens: Path, tmp_path: Path, straig
     assert _losses(tmp_path) == straight
 
 
-def test_corrupt_checkpoint_is_rejected_clearly(tokens: Path, tmp_path: Path) -> None:
+def _array_files(step_dir: Path) -> list[Path]:
+    """The files holding a checkpoint step's array data (Orbax's OCDBT data files), largest first."""
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage"])
+def test_a_damaged_checkpoint_is_refused_and_resume_falls_back(tokens: Path, tmp_path: Path,
+                                                               straight: dict[int, float], damage: str,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """A truncated array file, 64 bytes flipped in place (the same size: before checksums this resumed on garbage
+    weights), or every file overwritten: the step is refused, kept aside as `8.damaged`, and the run resumes from
+    the newest step that verifies, with the losses of an unbroken run."""
     train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=8")))
-    for path in (tmp_path / "checkpoints" / "8" / "params").rglob("*"):
-        if path.is_file() and path.name != "_METADATA" and "manifest" not in path.name:
-            path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"step 8 .*[Dd]elete .*checkpoints/8 to fall back to (the previous )?"
-                                              r"step 4"):
+    params = tmp_path / "checkpoints" / "8" / "params"
+    if damage == "garbage":
+        for path in params.rglob("*"):
+            if path.is_file() and path.name != "_METADATA" and "manifest" not in path.name:
+                path.write_bytes(b"garbage")
+    else:
+        target = _array_files(params)[0]
+        data = bytearray(target.read_bytes())
+        if damage == "truncated":
+            data = data[:len(data) // 2]
+        else:
+            middle = len(data) // 2
+            data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+        target.write_bytes(bytes(data))
+    capsys.readouterr()
+    train(load_config(MICRO, _overrides(tokens, tmp_path)))
+    err = capsys.readouterr().err
+    assert "warning: Checkpoint step 8" in err and "damaged" in err and "8.damaged" in err
+    assert (tmp_path / "checkpoints" / "8.damaged").is_dir()
+    assert _losses(tmp_path) == straight  # steps 5-8 redone from step 4, the same as the first time
+
+
+def test_a_reader_refuses_a_damaged_step_naming_it(tokens: Path, tmp_path: Path) -> None:
+    from olmo_jax.errors import CheckpointDamagedError
+    from olmo_jax.train.checkpoint import load_params
+
+    train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=8")))
+    target = _array_files(tmp_path / "checkpoints" / "8" / "opt_state")[0]
+    data = bytearray(target.read_bytes())
+    data[10:74] = bytes(b ^ 0x5A for b in data[10:74])
+    target.write_bytes(bytes(data))
+    load_params(tmp_path)  # the weights are intact: readers of the weights are unaffected
+    target = _array_files(tmp_path / "checkpoints" / "8" / "params")[0]
+    data = bytearray(target.read_bytes())
+    middle = len(data) // 2  # inside an array's values: the file still decodes, only the checksum can tell
+    data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
+    target.write_bytes(bytes(data))
+    with pytest.raises(CheckpointDamagedError, match=r"step 8 .* is damaged: 1 array\(s\) of params do not match "
+                                                     r".*The previous checkpoint is step 4"):
+        load_params(tmp_path)
+    assert (tmp_path / "checkpoints" / "8").is_dir()  # a reader moves nothing
+
+
+def test_when_every_checkpoint_is_damaged_nothing_is_changed(tokens: Path, tmp_path: Path) -> None:
+    train(load_config(MICRO, _overrides(tokens, tmp_path, "stop_at=4", "save_interval=2")))
+    for step in ("2", "4"):
+        target = _array_files(tmp_path / "checkpoints" / step / "params")[0]
+        target.write_bytes(target.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match=r"(?s)Every checkpoint in .* is damaged.*byte range.*Nothing was "
+                                              r"changed"):
         train(load_config(MICRO, _overrides(tokens, tmp_path)))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tokens: Path, tmp_path: Path) -> None:
@@ -303,11 +361,12 @@ def test_the_loop_moves_values_to_the_host_only_where_it_names_it(tokens: Path, 
     from olmo_jax.train.metrics import MetricsWriter
     from olmo_jax.train.signals import StopRequest
     from olmo_jax.train.throughput import SpeedMonitor
-    from olmo_jax.train.trainer import build_run, make_hooks, run_loop
+    from olmo_jax.train.trainer import build_run, make_checkpointer, make_hooks, run_loop
 
     config = load_config(MICRO, _overrides(tokens, tmp_path, "max_duration=6", "console_log_interval=100",
                                            "save_interval=100"))
     run = build_run(config)
+    run.checkpointer = make_checkpointer(config)
     state = run.step.init(jax.random.key(0))
     syncs: list[str] = []
     inside = []

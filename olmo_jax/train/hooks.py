@@ -1,5 +1,5 @@
-"""What the training loop does besides stepping, as small hooks: stop requests, logging, checkpointing and
-evaluation, each with its own interval.
+"""What the training loop does besides stepping, as small hooks: stop requests, logging, checkpointing (and
+watching the save in flight), and evaluation, each with its own interval.
 
 After each step the loop calls every hook that is due: every `interval` steps, and at the last step of the run (the
 forced final pass). A run stopped early by a signal or a preemption notice makes a final pass of the hooks marked
@@ -122,12 +122,24 @@ class SaveCheckpoint(Hook):
     pauses = True
 
     def __call__(self, event: StepEnd) -> None:
-        with host_sync("checkpoint: Orbax copies the state to the host"):
+        with host_sync("checkpoint: checksums of the state, and Orbax copies it to the host"):
             self.save(event.state, event.step)
         if event.stopping:
             self.checkpointer.wait()  # say "saved" only once it is
             self.console(f"Stopped by {event.stopping} after step {event.step}; checkpoint saved in "
                          f"{self.checkpointer.directory / str(event.step)}. Rerun the same command to resume.")
+
+
+@dataclasses.dataclass
+class WatchSaves(Hook):
+    """Every step: has the save in flight failed in the background (a full disk)? Then the run ends now, naming
+    the step and the last complete checkpoint, instead of at the next save (a non-blocking check)."""
+
+    checkpointer: Checkpointer
+    at_stop = True
+
+    def __call__(self, event: StepEnd) -> None:
+        self.checkpointer.check()
 
 
 @dataclasses.dataclass

@@ -55,8 +55,7 @@ class MetricsWriter:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.jsonl"
         if path.exists() and start_step is not None:
-            kept = [line for line in path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = [json.dumps(r) + "\n" for r in _records(path.read_text()) if r["step"] <= start_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, path)
@@ -100,11 +99,23 @@ class MetricsWriter:
             self._wandb.finish()
 
 
+def _records(text: str) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl's text; a line that is not a whole record (the torn last line a full disk or a
+    power cut leaves) is skipped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl; when a resumed run logged a step again, the later record wins."""
     by_step: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step[(record["step"], tuple(sorted(record)))] = record
+    for record in _records(Path(path).read_text()):
+        by_step[(record["step"], tuple(sorted(record)))] = record
     return sorted(by_step.values(), key=lambda r: r["step"])

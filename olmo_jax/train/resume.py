@@ -1,16 +1,21 @@
-"""Where a run's state comes from (its own newest checkpoint, `load_path`, or a fresh initialisation) and the checks
-that a checkpoint fits the run: the same architecture, the same data.
+"""Where a run's state comes from (its own newest checkpoint that verifies, `load_path`, or a fresh initialisation)
+and the checks that a checkpoint fits the run: the same architecture, the same data, the same optimizer.
 
-A checkpoint records its model's architecture and the data fingerprint (files, sizes, dtype, sequence length, seed,
-global batch size: what decides the batch of every step). Resuming or continuing a full state from a checkpoint made
-for another architecture or other data is refused with the differences listed, unless `allow_resume_mismatch`; a
-difference in parameter shapes is refused always. How the model runs (RunOptions) is never compared: the run
-chooses it.
+A checkpoint records its model's architecture, the data fingerprint (files, sizes, dtype, sequence length, seed,
+global batch size: what decides the batch of every step) and the run's config. Resuming or continuing a full state
+from a checkpoint made for another architecture or other data is refused with the differences listed, unless
+`allow_resume_mismatch`; one made with other optimizer, LR-schedule or clipping settings, unless
+`allow_optimizer_change`; a difference in parameter shapes is refused always. How the model runs (RunOptions) is
+never compared: the run chooses it.
+
+A damaged step of the run's own (a truncated file, an array that fails its checksum, unusable metadata) is never
+resumed from: the newest step that verifies is, and the damaged ones are reported for the trainer to set aside.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from olmo_jax.data.token_files import TokenFiles
-from olmo_jax.errors import CheckpointError, TrainingError
+from olmo_jax.errors import CheckpointDamagedError, CheckpointError, TrainingError
 from olmo_jax.model.config import ModelConfig
 from olmo_jax.model.hf import load_hf
 from olmo_jax.model.transformer import param_shapes
@@ -74,34 +79,84 @@ class StateSource:
 
     model: ModelConfig
     fingerprint: dict[str, Any]
+    optimizer: dict[str, Any]  # `optimizer_settings` of the run's config
     load_path: str | None
     reset_optimizer_state: bool
     allow_mismatch: bool
+    allow_optimizer_change: bool
     init_fn: str
     seed: int
 
 
-def initial_state(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer,
-                  schedule: optax.Schedule) -> tuple[TrainState, str]:
-    """Resume from this run's newest complete checkpoint, else start from load_path, else initialise. Returns the
-    state and how it came about (for the run's summary). `schedule` is the optimizer's, for checkpoints of the
-    earlier optimizer-state layout."""
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        return restore(source, jitted, checkpointer, latest, schedule, resuming=True)
+def optimizer_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What decides each AdamW update, from a run's config in the config files' layout (TrainConfig.to_dict(), or
+    the record of a checkpoint, also of olmo_jax 0.1): the optimizer and scheduler sections with the schedule's
+    effective length (scheduler.t_max, else max_duration), the clipping threshold and the z-loss switch."""
+    scheduler = dict(config.get("scheduler") or {})
+    scheduler["t_max"] = scheduler.get("t_max") or config.get("max_duration")
+    settings = {"optimizer": config.get("optimizer"), "scheduler": scheduler,
+                "max_grad_norm": config.get("max_grad_norm"),
+                "softmax_auxiliary_loss": config.get("softmax_auxiliary_loss")}
+    return json.loads(json.dumps(settings))  # tuples and lists compare alike, as they come back from JSON
+
+
+def optimizer_differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """`key: saved vs config` for each optimizer setting that differs (flattened, `optimizer.learning_rate`)."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+
+    a, b = flat(saved), flat(config)
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a run starts: the state, how it came about (for the summary) and its own damaged steps, newest first,
+    each with why (for the trainer to set aside and report)."""
+
+    state: TrainState
+    how: str
+    damaged: tuple[tuple[int, str], ...] = ()
+
+
+def initial_state(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer | None,
+                  schedule: optax.Schedule) -> Start:
+    """Resume from the newest step of this run's checkpoints (`checkpointer`, read-only, None when there are none)
+    that verifies, else start from load_path, else initialise. `schedule` is the optimizer's, for checkpoints of
+    the earlier optimizer-state layout."""
+    damaged: list[tuple[int, str]] = []
+    steps = checkpointer.all_steps() if checkpointer is not None else []
+    for step in reversed(steps):
+        try:
+            state, how = restore(source, jitted, checkpointer, step, schedule, resuming=True)
+        except CheckpointDamagedError as e:
+            damaged.append((step, str(e)))
+            continue
+        return Start(state, how + (f" (steps {[s for s, _ in damaged]} are damaged)" if damaged else ""),
+                     tuple(damaged))
+    if damaged:
+        listing = "\n  - ".join(why for _, why in damaged)
+        raise CheckpointError(
+            f"Every checkpoint in {checkpointer.directory} is damaged, so the run cannot resume:\n  - {listing}\n"
+            "Nothing was changed. Move the damaged steps away to start this run again from scratch, or use a new "
+            "save_folder.")
     if source.load_path:
         path = Path(source.load_path)
         if (path / "config.json").exists():  # a Hugging Face directory: weights only
             hf_config, params = load_hf(path)
             check_compatible(hf_config, None, source.model, source.fingerprint, source.allow_mismatch, True, path,
                              "Use a config matching the HF model")
-            return fresh_optimizer(params, jitted), f"loaded weights from HF directory {path}"
+            return Start(fresh_optimizer(params, jitted), f"loaded weights from HF directory {path}")
         reader, step = open_step(path)
         try:
-            return restore(source, jitted, reader, step, schedule, resuming=False)
+            return Start(*restore(source, jitted, reader, step, schedule, resuming=False))
         finally:
             reader.close()
-    return jitted.init(jax.random.key(source.seed)), f"initialised ({source.init_fn} init)"
+    return Start(jitted.init(jax.random.key(source.seed)), f"initialised ({source.init_fn} init)")
 
 
 def restore(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer, step: int,
@@ -110,12 +165,20 @@ def restore(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer,
     weights-only checkpoint such as a converted HF model, or load_path with reset_optimizer_state)."""
     where = checkpointer.directory / str(step)
     meta = checkpointer.meta(step)
-    saved_model = model_config_from_meta(meta)
+    saved_model = model_config_from_meta(meta, f"Checkpoint step {step} in {checkpointer.directory}")
     weights_only = not (where / "opt_state").exists() or (source.reset_optimizer_state and not resuming)
     fix = ("Use a new save_folder for a different run" if resuming else
            "Set --config.reset_optimizer_state=True to take only its weights")
     check_compatible(saved_model, None if weights_only else meta.get("data_fingerprint"), source.model,
                      source.fingerprint, source.allow_mismatch, weights_only, where, fix)
+    if not weights_only and isinstance(meta.get("config"), dict):
+        changed = optimizer_differences(optimizer_settings(meta["config"]), source.optimizer)
+        if changed and not source.allow_optimizer_change:
+            raise TrainingError(
+                f"{where} was trained with other optimizer settings (checkpoint vs config):\n  - "
+                + "\n  - ".join(changed) + "\nResuming with them would change the updates mid-run (a larger LR can "
+                "wreck the model in one step). Use the checkpoint's settings, or set "
+                "--config.allow_optimizer_change=True if the change is deliberate.")
     abstract = jitted.abstract_state
     if weights_only:
         params, _, _ = checkpointer.restore(step, abstract.params)

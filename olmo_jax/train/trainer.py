@@ -2,16 +2,24 @@
 
 `build_run(config)` assembles a `Run` from factories that each build one part and can be called alone:
 `make_data` (token files and the batch of each step), `make_step` (the jitted step, the one tools/benchmark.py
-times), `make_evaluators` and `make_checkpointer`. `train(config)` takes the initial state (its own newest checkpoint,
-`load_path` or a fresh init: olmo_jax/train/resume.py), then `run_loop` dispatches steps and calls the hooks
-(olmo_jax/train/hooks.py) that log, checkpoint, evaluate and stop. The command line around it is
+times), `make_evaluators` and `make_checkpointer`. `train(config)` takes the initial state (its own newest checkpoint
+that verifies, `load_path` or a fresh init: olmo_jax/train/resume.py), then `run_loop` dispatches steps and calls the
+hooks (olmo_jax/train/hooks.py) that log, checkpoint, evaluate and stop. The command line around it is
 `python -m olmo_jax.train` (olmo_jax/train/__main__.py).
+
+Nothing is written to the save folder before the run knows it can proceed: the folder's writability, the parts,
+the initial state and the step range are checked first (a stop request in that time ends the run with nothing
+written); then the checkpointer opens, the config is recorded and the loop starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,7 @@ from olmo_jax.config import TrainConfig
 from olmo_jax.data.order import Batches, BatchSplit
 from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.data.tokenizer import Tokenizer
-from olmo_jax.errors import DataError, TrainingError
+from olmo_jax.errors import ConfigError, DataError, TrainingError
 from olmo_jax.eval.evaluators import Evaluators
 from olmo_jax.parallel.mesh import make_mesh
 from olmo_jax.train.checkpoint import Checkpointer, package_versions
@@ -36,12 +44,13 @@ from olmo_jax.train.hooks import (
     SaveCheckpoint,
     StepEnd,
     StopOnRequest,
+    WatchSaves,
     hooks_of,
     host_sync,
 )
 from olmo_jax.train.metrics import MetricsWriter
 from olmo_jax.train.optim import OPT_STATE_LAYOUT, lr_schedule, make_optimizer
-from olmo_jax.train.resume import StateSource, data_fingerprint, initial_state
+from olmo_jax.train.resume import StateSource, data_fingerprint, initial_state, optimizer_settings
 from olmo_jax.train.signals import StopRequest
 from olmo_jax.train.step import JittedStep, TrainState, jit_train_step
 from olmo_jax.train.throughput import SpeedMonitor
@@ -80,7 +89,37 @@ def make_evaluators(config: TrainConfig) -> Evaluators | None:
 
 
 def make_checkpointer(config: TrainConfig) -> Checkpointer:
+    """The run's checkpoint writer (it creates the folder and removes a killed predecessor's unfinished saves)."""
     return Checkpointer(Path(config.save_folder) / "checkpoints", config.save_num_checkpoints_to_keep)
+
+
+def own_checkpoints(config: TrainConfig) -> Checkpointer | None:
+    """A read-only view of the run's existing checkpoints, or None where there are none: for deciding where to
+    start before anything is written."""
+    directory = Path(config.save_folder) / "checkpoints"
+    return Checkpointer(directory, read_only=True) if directory.is_dir() else None
+
+
+def check_writable(folder: str | Path) -> None:
+    """A ConfigError now, naming the folder, if the run could not write its save folder (read-only, not a folder,
+    no permission); probes with a temporary file that is removed at once."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"save_folder={folder}: {existing} is a file, not a folder; choose another save_folder.")
+    for target in (existing, folder / "checkpoints"):
+        if not target.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(dir=target, prefix=".olmo_jax-write-check-")
+            os.close(fd)
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"save_folder={folder} cannot be written ({e.strerror or e}: {target}); the run keeps "
+                              "its checkpoints and metrics there. Choose a folder you can write "
+                              "(--config.save_folder=...).") from e
 
 
 @dataclasses.dataclass
@@ -93,7 +132,7 @@ class Run:
     batches: Batches
     step: JittedStep
     evaluators: Evaluators | None
-    checkpointer: Checkpointer
+    checkpointer: Checkpointer | None = None  # opened by train() once the run knows it can proceed
 
     @property
     def files(self) -> TokenFiles:
@@ -119,8 +158,9 @@ class Run:
 
     def state_source(self) -> StateSource:
         c = self.config
-        return StateSource(c.model, self.fingerprint, c.load_path, c.reset_optimizer_state, c.allow_resume_mismatch,
-                           c.model.init_fn, c.seed)
+        return StateSource(c.model, self.fingerprint, optimizer_settings(c.to_dict()), c.load_path,
+                           c.reset_optimizer_state, c.allow_resume_mismatch, c.allow_optimizer_change, c.model.init_fn,
+                           c.seed)
 
     def save(self, state: TrainState, step: int) -> None:
         meta = {
@@ -165,63 +205,96 @@ class Run:
 
 
 def build_run(config: TrainConfig) -> Run:
-    """Every part of a run, in the order that fails fastest: mesh, batch split, data, step, evaluators, and last the
-    checkpointer (the only part that writes)."""
+    """Every part of a run but its checkpoint writer, in the order that fails fastest: mesh, batch split, data, step,
+    evaluators. Nothing here writes."""
+    if config.wandb.enabled and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("wandb.enabled is set but wandb is not installed: pip install 'olmo_jax[wandb]' or set "
+                          "--config.wandb.enabled=False.")
     mesh = make_mesh(config.mesh)
     split = BatchSplit.of(config.global_train_batch_size, config.device_train_microbatch_size, mesh.size)
     batches = make_data(config, split)
     step = make_step(config, mesh)
     evaluators = make_evaluators(config)
-    return Run(config, mesh, split, batches, step, evaluators, make_checkpointer(config))
+    return Run(config, mesh, split, batches, step, evaluators)
 
 
 def train(config: TrainConfig) -> int:
     """Run training to `stop_at` or `max_duration`; returns the last completed step."""
-    run = build_run(config)
     is_main = jax.process_index() == 0
-    try:
-        state, how = initial_state(run.state_source(), run.step, run.checkpointer, run.schedule)
-        start = int(state.step)
-        if is_main:
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            (run.run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-            print(run.summary(start, how), flush=True)
-        if start >= config.last_step:
-            if is_main:
-                print(f"Nothing to do: the run is already at step {start} (last step {config.last_step}).")
-            return start
-        writer = MetricsWriter(run.run_dir, start, enabled=is_main, tensorboard=config.tensorboard,
-                               wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
-        bar = tqdm(total=config.last_step, initial=start, unit="step", dynamic_ncols=True,
-                   disable=None if is_main else True)
-        console = bar.write if is_main else _silent
-        speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
-        log = LogMetrics(config.console_log_interval, writer, speed, run.tokens_per_step, console)
+    with StopRequest() as stop:  # from the start: a stop during start-up or compilation ends the run cleanly
+        check_writable(config.save_folder)
+        run = build_run(config)
+        reader = own_checkpoints(config)
         try:
-            with StopRequest() as stop:
-                hooks = make_hooks(run, stop, writer, log, console)
-                step, _ = run_loop(run, state, start, hooks, speed, bar.update)
-        except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
-            raise DataError(f"{e}\nThe run stopped; {run.last_good()}.") from e
+            start_from = initial_state(run.state_source(), run.step, reader, run.schedule)
         finally:
-            bar.close()
-            writer.close()
-        if is_main and "train/loss" in log.last_logged:
-            ended = "Finished" if step == config.last_step else "Stopped"
-            print(f"{ended} at step {step}: loss {log.last_logged['train/loss']:.4f}; checkpoints in "
-                  f"{run.checkpointer.directory}")
-        return step
+            if reader is not None:
+                reader.close()
+        state = start_from.state
+        start = int(state.step)
+        if start > config.last_step:
+            raise TrainingError(
+                f"The checkpoint in {Path(config.save_folder) / 'checkpoints'} is at step {start}, past this run's "
+                f"last step {config.last_step} (max_duration={config.max_duration}, stop_at={config.stop_at}). Raise "
+                "max_duration (or stop_at) to go on, or use a new save_folder. Nothing was written.")
+        if start == config.last_step:
+            if is_main:
+                print(f"Nothing to do: the run is already at its last step {start}.")
+            return start
+        if stop.requested:
+            if is_main:
+                print(f"Stopped by {stop.requested} before the first step; nothing was written.")
+            return start
+        run.checkpointer = make_checkpointer(config)  # the run's first write
+        try:
+            return _train(run, state, start, start_from.how, start_from.damaged, stop)
+        except OSError as e:  # the run's own files (train_config.json, metrics.jsonl, TensorBoard): a full disk
+            raise TrainingError(f"Cannot write {e.filename or run.run_dir}: {e.strerror or e}. The run stopped; "
+                                f"{run.last_good()}.") from e
+        finally:
+            run.checkpointer.close()
+
+
+def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tuple[int, str], ...],
+           stop: StopRequest) -> int:
+    config, is_main = run.config, jax.process_index() == 0
+    for step, why in damaged:
+        where = run.checkpointer.set_aside(step)
+        if is_main:
+            print(f"warning: {why}\n  It is kept as {where}; resuming from the newest step that verifies.",
+                  file=sys.stderr, flush=True)
+    if is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        print(run.summary(start, how), flush=True)
+    writer = MetricsWriter(run.run_dir, start, enabled=is_main, tensorboard=config.tensorboard,
+                           wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
+    bar = tqdm(total=config.last_step, initial=start, unit="step", dynamic_ncols=True,
+               disable=None if is_main else True)
+    console = bar.write if is_main else _silent
+    speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
+    log = LogMetrics(config.console_log_interval, writer, speed, run.tokens_per_step, console)
+    try:
+        hooks = make_hooks(run, stop, writer, log, console)
+        step, _ = run_loop(run, state, start, hooks, speed, bar.update)
+    except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
+        raise DataError(f"{e}\nThe run stopped; {run.last_good()}.") from e
     finally:
-        run.checkpointer.wait()
-        run.checkpointer.close()
+        bar.close()
+        writer.close()
+    if is_main and "train/loss" in log.last_logged:
+        ended = "Finished" if step == config.last_step else "Stopped"
+        print(f"{ended} at step {step}: loss {log.last_logged['train/loss']:.4f}; checkpoints in "
+              f"{run.checkpointer.directory}")
+    return step
 
 
 def make_hooks(run: Run, stop: StopRequest, writer: MetricsWriter, log: LogMetrics, console: Any) -> list[Hook]:
     """The loop's hooks, in the order they run after a step: stop requests, logging, checkpointing, evaluation."""
     c = run.config
     evaluate = Evaluate(c.eval_interval, run.evaluators, writer, console) if run.evaluators is not None else None
-    return hooks_of(StopOnRequest(1, stop), log, SaveCheckpoint(c.save_interval, run.save, run.checkpointer, console),
-                    evaluate)
+    save = SaveCheckpoint(c.save_interval, run.save, run.checkpointer, console)
+    return hooks_of(StopOnRequest(1, stop), log, save, WatchSaves(1, run.checkpointer), evaluate)
 
 
 class HealthCheck:
