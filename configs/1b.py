@@ -129,6 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.s3_endpoint = none_or(str)  # an S3-compatible server for s3:// URLs (MinIO, R2, ...); None: AWS
     c.data.cache_dir = none_or(str)  # keep every remote byte read on local disk here, for later epochs and restarts
     c.data.cache_chunk_mb = 1.0  # cache granularity: a row not yet cached fetches its whole chunk
-    # build data.paths[0] (and heldout.npy beside it) from the Python standard library when missing (ours)
+    # build the quickstart corpus (data/stdlib/train.npy, heldout.npy) from the Python standard library where those
+    # files are missing; only when data.paths is that file, never over a file (ours)
     c.data.stdlib_corpus = False
     return c

@@ -102,11 +102,13 @@ def test_a_bug_is_not_reported_as_a_user_error(model: dict[str, Path], monkeypat
     (["--hf", "HF", "--tasks", "none", "--perplexity", "val=/nonexistent.npy"],
      "error: Token file /nonexistent.npy does not exist"),
     (["--hf", "HF", "--batch_size", "x"], "error: argument --batch_size: invalid int value: 'x'"),
+    (["--hf", "HF", "--output", "HF/config.json"], "error: --output HF/config.json already exists; olmo_jax never"),
     (["--hf", "HF", "--tasks", "copa", "--tokenizer", "/nonexistent.json"], "error: Tokenizer '/nonexistent.json'"),
 ])
 def test_cli_errors_are_one_line(model: dict[str, Path], capsys: pytest.CaptureFixture, argv: list[str],
                                  message: str) -> None:
-    argv = [str(model["hf"]) if a == "HF" else a for a in argv]
+    argv = [a.replace("HF", str(model["hf"])) for a in argv]
+    message = message.replace("HF", str(model["hf"]))
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err

@@ -172,3 +172,14 @@ def test_pickle_only_directory_is_refused_without_unpickling(tmp_path: Path) -> 
 def test_directory_without_config_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match=r"no config\.json"):
         load_hf(tmp_path)
+
+
+def test_an_output_directory_holding_model_files_is_refused(tmp_path: Path) -> None:
+    """save_hf used to delete the model*.safetensors it found and write over config.json."""
+    config = tiny_config()
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"someone's shard")
+    with pytest.raises(ConversionError, match=r"already holds model-00001-of-00002\.safetensors; olmo_jax never "
+                                              r"replaces a file"):
+        save_hf(config, init_params(config, jax.random.key(0)), tmp_path)
+    assert (tmp_path / "model-00001-of-00002.safetensors").read_bytes() == b"someone's shard"
+    assert not (tmp_path / "config.json").exists()

@@ -130,3 +130,11 @@ def test_missing_matplotlib_says_how_to_install_it(tool: ModuleType, tmp_path: P
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     assert tool.main([str(tmp_path / "a"), "--output", str(tmp_path / "x.png")]) == 1
     assert capsys.readouterr().err == "error: plotting needs matplotlib: pip install 'olmo_jax[plot]'\n"
+
+
+def test_an_existing_image_is_never_replaced(tool: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_run(tmp_path / "a", range(1, 5), 1.0)
+    (tmp_path / "plot.png").write_bytes(b"mine")
+    assert tool.main([str(tmp_path / "a"), "--output", str(tmp_path / "plot.png")]) == 1
+    assert "plot.png already exists; olmo_jax never replaces a file" in capsys.readouterr().err
+    assert (tmp_path / "plot.png").read_bytes() == b"mine"

@@ -144,3 +144,16 @@ def test_command_line(tmp_path: Path, corpus, tokenizer_json: Path) -> None:
     result = run_python("tools/prepare_data.py", str(tmp_path / "nope"), "--output", str(out), "--tokenizer",
                         str(tokenizer_json), "--eos-token-id", "0")
     assert result.returncode == 1 and "error: Input" in result.stderr and "does not exist" in result.stderr
+
+
+def test_an_existing_output_is_never_replaced(tmp_path: Path, corpus, tokenizer: Tokenizer) -> None:
+    out = tmp_path / "data.npy"
+    out.write_bytes(b"the user's own file")
+    with pytest.raises(PrepareError, match=r"data\.npy already exists; olmo_jax never replaces a file"):
+        prepare(corpus[0], out, tokenizer, progress=False)
+    assert out.read_bytes() == b"the user's own file" and not (tmp_path / "data.npy.json").exists()
+    fresh = tmp_path / "fresh.npy"
+    (tmp_path / "fresh.npy.json").write_text("{}")  # a manifest in the way counts too
+    with pytest.raises(PrepareError, match=r"fresh\.npy\.json already exists"):
+        prepare(corpus[0], fresh, tokenizer, progress=False)
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.npy.staging-*"))

@@ -31,15 +31,18 @@ def test_unigram_entropy(tmp_path: Path) -> None:
     assert unigram_entropy(tmp_path / "a.npy") == pytest.approx(np.log(2))
 
 
-def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """The command builds the corpus (train() itself never writes data), trains, and a resumed run evaluates."""
+def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command builds the corpus at its own path (train() itself never writes data), trains, and a resumed run
+    evaluates."""
     from olmo_jax.train.__main__ import run
 
-    train_path = tmp_path / "stdlib" / "train.npy"
-    overrides = [f"--config.data.paths={train_path}", f"--config.save_folder={tmp_path / 'run'}",
-                 "--config.max_duration=4", "--config.save_interval=2", "--config.model.n_layers=1",
-                 "--config.model.d_model=64", "--config.console_log_interval=1"]
+    monkeypatch.chdir(tmp_path)  # the quickstart's data/stdlib/ and runs/ are relative to the working directory
+    train_path = Path("data/stdlib/train.npy")
+    overrides = [f"--config.save_folder={tmp_path / 'run'}", "--config.max_duration=4", "--config.save_interval=2",
+                 "--config.model.n_layers=1", "--config.model.d_model=64", "--config.console_log_interval=1"]
     config = load_config(ROOT / "configs/tiny.py", overrides)
+    assert config.data.paths == (str(train_path),) and config.data.stdlib_corpus
     with pytest.raises(DataError, match=r"train\.npy does not exist"):
         train(config)
     assert not train_path.exists()
@@ -48,10 +51,7 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "unigram entropy" in out and "Finished at step 2" in out
     # The tiny config's evaluators, on a few examples each, with the held-out set the command built.
-    evaluators = tuple(
-        dataclasses.replace(e, limit=4, paths=(str(heldout_path(train_path)),) if e.type == "perplexity" else e.paths)
-        for e in config.evaluators
-    )
+    evaluators = tuple(dataclasses.replace(e, limit=4) for e in config.evaluators)
     assert {e.label for e in evaluators} >= {"hellaswag", "winogrande", "sciq", "copa", "arc_easy", "openbook_qa"}
     assert train(dataclasses.replace(config, evaluators=evaluators)) == 4
     assert "Finished at step 4" in capsys.readouterr().out
@@ -62,3 +62,28 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path: Path, capsys: pytest.Cap
     files = TokenFiles([train_path, heldout_path(train_path)], "uint16", 128)
     assert files.num_instances > 10_000  # ~1.8M tokens
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [2, 4]
+
+
+def test_the_quickstart_never_replaces_a_users_data(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With configs/tiny.py and data.paths=mydir/train.npy (and no mydir/heldout.npy), the corpus builder used to
+    overwrite the user's train.npy with standard-library tokens. Now it builds only at its own path, and only the
+    files that do not exist there."""
+    from olmo_jax.train.__main__ import build_quickstart_corpus
+
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mydir" / "train.npy"
+    mine.parent.mkdir()
+    np.arange(5000, dtype=np.uint16).tofile(mine)
+    before = mine.read_bytes()
+    config = load_config(ROOT / "configs/tiny.py", [f"--config.data.paths={mine}"])
+    build_quickstart_corpus(config)
+    assert "nothing is built" in capsys.readouterr().out
+    assert mine.read_bytes() == before and sorted(p.name for p in mine.parent.iterdir()) == ["train.npy"]
+    own = Path("data/stdlib/train.npy")  # the quickstart's own path, with a file already there
+    own.parent.mkdir(parents=True)
+    np.arange(3000, dtype=np.uint16).tofile(own)
+    kept = own.read_bytes()
+    build_quickstart_corpus(load_config(ROOT / "configs/tiny.py"))
+    assert own.read_bytes() == kept  # kept as it is; only the missing held-out file was built
+    assert heldout_path(own).stat().st_size > 100_000

@@ -110,6 +110,9 @@ def parser() -> cli.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     args, _ = parser().parse_with_overrides(argv)
+    if args.output.exists():
+        raise PlotError(f"{args.output} already exists; olmo_jax never replaces a file: remove it or choose another "
+                        "--output.")
     runs = {label: load_run(path) for label, path in zip(labels_of(args.runs), args.runs, strict=True)}
     plot(runs, args.keys, args.output, log_loss=args.log_loss)
     for label, series in runs.items():

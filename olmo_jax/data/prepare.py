@@ -6,7 +6,8 @@ optionally gzipped, with a `text` field per line (Dolma's format), or plain text
 directories of them (walked recursively, sorted). Input files are tokenized in parallel processes, each streaming its
 documents in chunks into a shard on disk, and the shards are appended in input order: memory stays flat whatever the
 input size and the output does not depend on the number of workers. The output is written under a temporary name
-and renamed when complete, then a JSON manifest is written beside it as `<output>.json`.
+and given its name when complete (never over an existing file: an output that exists is an error), then a JSON
+manifest is written beside it as `<output>.json`.
 """
 
 from __future__ import annotations
@@ -160,6 +161,10 @@ def prepare(inputs: Sequence[str | Path] | str | Path, output: str | Path,
         raise PrepareError(f"encoding_errors={encoding_errors!r} must be 'strict' or 'replace'.")
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     output = Path(output)
+    for existing in (output, manifest_path(output)):
+        if existing.exists():
+            raise PrepareError(f"{existing} already exists; olmo_jax never replaces a file: remove it or choose "
+                               "another output.")
     output.parent.mkdir(parents=True, exist_ok=True)
     key = (str(tokenizer.path.resolve()), tokenizer.eos_token_id, tokenizer.pad_token_id)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.staging-"))  # same filesystem
@@ -216,13 +221,29 @@ def prepare(inputs: Sequence[str | Path] | str | Path, output: str | Path,
             "encoding_errors": encoding_errors,
             "inputs": [{"path": str(p), "documents": c[0], "tokens": c[2]} for p, c in zip(files, counts, strict=True)],
         }
-        os.replace(partial, output)
         manifest_tmp = staging / "manifest.json"
         manifest_tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.replace(manifest_tmp, manifest_path(output))
+        _publish(partial, output)
+        _publish(manifest_tmp, manifest_path(output))
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(done: Path, final: Path) -> None:
+    """Give a finished file its final name, atomically and never over an existing file (a hard link fails where the
+    name is taken, unlike a rename); where the file system has no hard links, a rename after checking."""
+    try:
+        os.link(done, final)
+    except FileExistsError:
+        raise PrepareError(f"{final} appeared while it was being written; olmo_jax never replaces a file, so the "
+                           f"result is left unpublished. Remove {final} and run again.") from None
+    except OSError:
+        if final.exists():
+            raise PrepareError(f"{final} already exists; olmo_jax never replaces a file.") from None
+        os.replace(done, final)
+        return
+    done.unlink()
 
 
 def _progress(total_bytes: int, enabled: bool) -> tqdm:

@@ -81,6 +81,9 @@ def run(argv: list[str] | None = None) -> int:
                 for label, files in parse_perplexity(args.perplexity)]
     if not configs:
         raise UsageError("Nothing to evaluate: give --tasks and/or --perplexity.")
+    if args.output and Path(args.output).exists():
+        raise UsageError(f"--output {args.output} already exists; olmo_jax never replaces a file: remove it or choose "
+                         "another.")
     options = RunOptions(dtype=args.dtype, attention_impl=args.attention_impl)
     from olmo_jax.data.tokenizer import Tokenizer
     from olmo_jax.eval.evaluators import Evaluators

@@ -38,6 +38,9 @@ _LAYER_NAMES = {
 # Buffers some exporters store that carry no weights (HF recomputes them).
 _IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size
+# What save_hf writes (besides model*.safetensors), none of which it may find already there.
+_WRITTEN = {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json"}
 
 
 def name_table(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
@@ -227,8 +230,14 @@ def save_hf(
     max_shard_bytes: int = _SHARD_BYTES,
 ) -> None:
     """Write an HF OLMo directory: config.json, fp32 safetensors (sharded above `max_shard_bytes`) and, given a
-    tokenizer.json path, the tokenizer files. `params` may be numpy or (sharded) jax arrays."""
+    tokenizer.json path, the tokenizer files. `params` may be numpy or (sharded) jax arrays. A directory that already
+    holds a model or tokenizer file is refused: olmo_jax never replaces a file."""
     path = Path(path)
+    taken = sorted(p.name for p in path.glob("*")
+                   if p.name in _WRITTEN or re.fullmatch(r"model.*\.safetensors", p.name))
+    if taken:
+        raise ConversionError(f"{path} already holds {', '.join(taken)}; olmo_jax never replaces a file: give an empty "
+                              "or new output directory.")
     path.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for hf_name, (target, transposed) in name_table(config).items():
@@ -254,8 +263,6 @@ def _write_safetensors(tensors: dict[str, np.ndarray], path: Path, max_shard_byt
             size = 0
         shards[-1][name] = array
         size += array.nbytes
-    for stale in [*path.glob("model*.safetensors"), path / "model.safetensors.index.json"]:
-        stale.unlink(missing_ok=True)
     if len(shards) == 1:
         save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
         return

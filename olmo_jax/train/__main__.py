@@ -46,13 +46,19 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def build_quickstart_corpus(config: TrainConfig) -> None:
-    """configs/tiny.py's corpus: process 0 builds it if it is missing, the others wait; then its unigram entropy,
-    the loss a model reaches by predicting token frequencies alone, is printed as a yardstick."""
+    """configs/tiny.py's corpus, at its own path only: process 0 builds what is missing (never replacing a file), the
+    others wait; then its unigram entropy, the loss a model reaches by predicting token frequencies alone, is
+    printed as a yardstick."""
     import jax
     from jax.experimental import multihost_utils
 
-    from olmo_jax.data.quickstart import ensure_stdlib_corpus, unigram_entropy
+    from olmo_jax.data.quickstart import TRAIN_PATH, ensure_stdlib_corpus, is_quickstart_path, unigram_entropy
 
+    if len(config.data.paths) != 1 or not is_quickstart_path(config.data.paths[0]):
+        if jax.process_index() == 0:
+            print(f"data.stdlib_corpus is set but data.paths is not the quickstart's ({TRAIN_PATH}): nothing is built "
+                  "(set --config.data.stdlib_corpus=False to silence this).", flush=True)
+        return
     if jax.process_index() == 0:
         ensure_stdlib_corpus(config.data.paths[0], config.tokenizer)
     if jax.process_count() > 1:
