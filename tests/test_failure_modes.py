@@ -197,3 +197,44 @@ def test_a_full_disk_ends_the_run_naming_the_step_and_the_last_checkpoint(tokens
         assert train(resumed) == 12
         steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
         assert steps == list(range(1, 13))
+
+
+def test_uint32_ids_read_as_uint16_are_refused(tmp_path: Path) -> None:
+    """A uint32 token file read with the default uint16 used to train to the end, exit 0 (half the ids zeros)."""
+    from olmo_jax.data.token_files import TokenFiles
+    from olmo_jax.errors import DataError
+
+    ids = np.random.default_rng(0).integers(2, 250, 4096).astype(np.uint32)
+    ids.tofile(tmp_path / "wide.npy")
+    with pytest.raises(DataError, match=r"wide\.npy looks like uint32 ids read as uint16 .*memmap_dtype=uint32"):
+        TokenFiles([tmp_path / "wide.npy"], "uint16", 16)
+    assert TokenFiles([tmp_path / "wide.npy"], "uint32", 16).num_instances == 256
+    ids.astype(np.uint16).tofile(tmp_path / "narrow.npy")  # the same ids as uint16: fine
+    assert TokenFiles([tmp_path / "narrow.npy"], "uint16", 16).num_instances == 256
+    (tmp_path / "narrow.npy.json").write_text(json.dumps({"dtype": "uint32"}))  # what prepare_data records
+    with pytest.raises(DataError, match=r"holds uint32 ids \(its manifest .*narrow\.npy\.json says so\)"):
+        TokenFiles([tmp_path / "narrow.npy"], "uint16", 16)
+
+
+def test_a_directory_as_a_data_path_says_it_is_a_directory(tmp_path: Path) -> None:
+    from olmo_jax.data.token_files import TokenFiles
+    from olmo_jax.errors import DataError
+
+    with pytest.raises(DataError, match=r"is a directory; give the token files in it"):
+        TokenFiles([tmp_path], "uint16", 16)
+
+
+def test_metadata_of_the_wrong_types_names_the_step_and_the_fallback(tokens: Path, tmp_path: Path) -> None:
+    from olmo_jax.errors import CheckpointDamagedError
+    from olmo_jax.train.checkpoint import load_params
+
+    train(_config(tokens, tmp_path, "stop_at=8"))
+    meta_file = tmp_path / "checkpoints" / "8" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["model"]["d_model"] = "thirty-two"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointDamagedError, match=r"Checkpoint step 8 in .*: its metadata holds no usable model "
+                                                     r"config .*The previous checkpoint is step 4"):
+        load_params(tmp_path)
+    assert train(_config(tokens, tmp_path, "stop_at=10")) == 10  # resume falls back to step 4 and sets 8 aside
+    assert (tmp_path / "checkpoints" / "8.damaged").is_dir()

@@ -27,18 +27,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from olmo_jax.data.token_files import manifest_path
 from olmo_jax.data.tokenizer import Tokenizer
 from olmo_jax.errors import PrepareError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 TEXT_SUFFIXES = (".txt",)
 _CHUNK_CHARS = 8_000_000  # characters tokenized per encode_batch call: bounds memory, amortises the call
-
-
-def manifest_path(output: str | Path) -> Path:
-    """Where `prepare` writes the manifest of `output`: `<output>.json`."""
-    output = Path(output)
-    return output.with_name(output.name + ".json")
 
 
 def find_inputs(inputs: Sequence[str | Path], suffixes: Sequence[str] = JSONL_SUFFIXES + TEXT_SUFFIXES) -> list[Path]:

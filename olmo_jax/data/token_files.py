@@ -5,6 +5,7 @@ concatenated in the order of `data.paths`; local files through np.memmap, URLs b
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -14,6 +15,14 @@ import numpy as np
 
 from olmo_jax.data.config import RemoteOptions, is_url
 from olmo_jax.errors import DataError
+
+_DTYPE_PROBE_BYTES = 1 << 16  # the start of each file that the dtype check reads
+
+
+def manifest_path(output: str | Path) -> Path:
+    """Where tools/prepare_data.py writes the manifest of a token file: `<file>.json` (it records the dtype)."""
+    output = Path(output)
+    return output.with_name(output.name + ".json")
 
 
 def describe_paths(paths: Sequence[str]) -> str:
@@ -65,6 +74,9 @@ class TokenFiles:
         for path in self.paths:
             if path in remote_sizes:
                 size = remote_sizes[path]
+            elif os.path.isdir(path):
+                raise DataError(f"Token file {path} is a directory; give the token files in it, in order "
+                                "(data.paths=('dir/a.npy', 'dir/b.npy'), or repeat --config.data.paths=FILE).")
             elif not os.path.isfile(path):
                 raise DataError(f"Token file {path} does not exist (data.paths); check the path, or create it with "
                                 "tools/prepare_data.py.")
@@ -78,10 +90,42 @@ class TokenFiles:
             sizes.append(size)
             counts.append(size // (self.dtype.itemsize * seq_len))
         self.sizes = tuple(sizes)
+        self._check_dtype()
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._max_open = max(1, max_open_files)
         self._open: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    def _check_dtype(self) -> None:
+        """Refuse data that cannot be of `data.memmap_dtype`: a manifest of tools/prepare_data.py that records another
+        dtype, or uint32 ids read as uint16 (then every second uint16 of the file's start is 0: the high halves of ids
+        below 65,536), which would otherwise train to the end on half zeros."""
+        for path in self.paths:
+            manifest = manifest_path(path)
+            if not is_url(path) and manifest.is_file():
+                try:
+                    recorded = json.loads(manifest.read_text()).get("dtype")
+                except (OSError, ValueError, AttributeError):
+                    recorded = None
+                if recorded is not None and recorded != self.dtype.name:
+                    raise DataError(f"Token file {path} holds {recorded} ids (its manifest {manifest} says so) but "
+                                    f"data.memmap_dtype={self.dtype.name}: set --config.data.memmap_dtype={recorded}.")
+        if self.dtype != np.uint16:
+            return
+        heads = {i: min(size, _DTYPE_PROBE_BYTES) // 2 * 2 for i, size in enumerate(self.sizes)}
+        remote = [i for i in heads if self.is_remote[i] and heads[i]]
+        data = dict(zip(remote, self._store.read([(self.paths[i], 0, heads[i]) for i in remote]), strict=True)) \
+            if remote else {}
+        for i, n in heads.items():
+            if n < 256:  # too little to judge
+                continue
+            raw = data[i] if i in data else np.fromfile(self.paths[i], np.uint8, count=n).tobytes()
+            values = np.frombuffer(raw, np.uint16)
+            if not values[1::2].any() and values[0::2].any():
+                raise DataError(
+                    f"Token file {self.paths[i]} looks like uint32 ids read as uint16 (every second uint16 of its "
+                    f"first {n:,} bytes is 0, the high half of an id below 65,536): set "
+                    "--config.data.memmap_dtype=uint32, or check how the file was made.")
 
     @property
     def num_instances(self) -> int:

@@ -176,6 +176,14 @@ class Checkpointer:
     def meta(self, step: int) -> dict[str, Any]:
         return self._restore(step, meta=ocp.args.JsonRestore())["meta"]
 
+    def model_config(self, step: int, meta: dict[str, Any]) -> ModelConfig:
+        """The architecture `step` was saved with; unusable metadata is a CheckpointDamagedError naming the step and
+        the previous one."""
+        try:
+            return model_config_from_meta(meta, f"Checkpoint step {step} in {self.directory}")
+        except CheckpointDamagedError as e:
+            raise CheckpointDamagedError(f"{e} {self._fallback(step)}") from None
+
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any = None) -> tuple[Any, Any, dict]:
         """Restore `step` into the shapes, dtypes and shardings of the abstract trees (ShapeDtypeStructs), and verify
         every array against the checksum saved with it.
@@ -365,7 +373,7 @@ def load_params(path: str | Path) -> tuple[ModelConfig, Any, dict[str, Any]]:
         checkpointer, step = open_step(path, skip=tuple(vanished))
         try:
             meta = checkpointer.meta(step)
-            config = model_config_from_meta(meta, f"Checkpoint step {step} in {checkpointer.directory}")
+            config = checkpointer.model_config(step, meta)
             abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                                     param_shapes(config))
             params, _, meta = checkpointer.restore(step, abstract)

@@ -28,7 +28,7 @@ from olmo_jax.errors import CheckpointDamagedError, CheckpointError, TrainingErr
 from olmo_jax.model.config import ModelConfig
 from olmo_jax.model.hf import load_hf
 from olmo_jax.model.transformer import param_shapes
-from olmo_jax.train.checkpoint import Checkpointer, model_config_from_meta, open_step
+from olmo_jax.train.checkpoint import Checkpointer, open_step
 from olmo_jax.train.optim import OPT_STATE_LAYOUT, from_legacy_opt_state, legacy_opt_state
 from olmo_jax.train.step import JittedStep, TrainState, new_state
 
@@ -165,7 +165,7 @@ def restore(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer,
     weights-only checkpoint such as a converted HF model, or load_path with reset_optimizer_state)."""
     where = checkpointer.directory / str(step)
     meta = checkpointer.meta(step)
-    saved_model = model_config_from_meta(meta, f"Checkpoint step {step} in {checkpointer.directory}")
+    saved_model = checkpointer.model_config(step, meta)
     weights_only = not (where / "opt_state").exists() or (source.reset_optimizer_state and not resuming)
     fix = ("Use a new save_folder for a different run" if resuming else
            "Set --config.reset_optimizer_state=True to take only its weights")
