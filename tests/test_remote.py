@@ -313,7 +313,7 @@ def test_training_from_a_url_stops_on_a_persistent_error_and_resumes(tmp_path: P
             return load_config(MICRO, [f"data.paths={path}", f"save_folder={tmp_path / run}", "max_duration=8",
                                        "data.remote_retries=1", "data.remote_backoff=0.001"])
 
-        server.fail(500, name="tokens.npy", after=1 + 5 * 8)  # the HEAD, then five batches of 8 rows
+        server.fail(500, name="tokens.npy", after=2 + 5 * 8)  # the HEAD, the dtype check, then five batches of 8
         with pytest.raises(DataError, match=rf"^Reading bytes \[\d+, \d+\) of {server.url}/tokens\.npy failed after "
                                             r"1 retry: Internal Server Error \[HTTP code 500\]\. Check the store"):
             train(config("run", f"{server.url}/tokens.npy"))
