@@ -238,3 +238,41 @@ def test_metadata_of_the_wrong_types_names_the_step_and_the_fallback(tokens: Pat
         load_params(tmp_path)
     assert train(_config(tokens, tmp_path, "stop_at=10")) == 10  # resume falls back to step 4 and sets 8 aside
     assert (tmp_path / "checkpoints" / "8.damaged").is_dir()
+
+
+def test_readers_of_a_live_run_never_fail(tokens: Path, tmp_path: Path) -> None:
+    """eval, generate, convert and load_path read a run that saves every step and keeps one checkpoint (6 of 12
+    readers used to fail with keep 2, 33 of 34 with keep 1, and advise deleting a healthy step): a reader whose step
+    is rotated away reads the newest one left, and never calls a vanished step damaged."""
+    from olmo_jax.train.checkpoint import load_params
+
+    run_dir = tmp_path / "live"
+    args = [sys.executable, "-m", "olmo_jax.train", f"--config={MICRO}", f"--config.data.paths={tokens}",
+            f"--config.save_folder={run_dir}", "--config.max_duration=100000", "--config.save_interval=1",
+            "--config.save_num_checkpoints_to_keep=1", "--config.console_log_interval=1000",
+            "--config.tensorboard=False"]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    writer = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 120
+        while not any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*")) if (
+                run_dir / "checkpoints").is_dir() else True:
+            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()[-2000:]
+            time.sleep(0.05)
+        steps = []
+        for _ in range(20):
+            _, _, meta = load_params(run_dir)  # eval, generate and tools/convert_to_hf.py read through this
+            steps.append(meta["step"])
+        convert = subprocess.run([sys.executable, "tools/convert_to_hf.py", "--checkpoint", str(run_dir), "--output",
+                                  str(tmp_path / "hf"), "--no-tokenizer"], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=300)
+        assert convert.returncode == 0, convert.stderr[-2000:]
+        assert train(_config(tokens, tmp_path / "from_live", f"load_path={run_dir}", "stop_at=1",
+                             "reset_optimizer_state=True")) == 1
+        assert writer.poll() is None, "the writer died"
+        assert steps == sorted(steps) and steps[-1] > steps[0]  # the run moved on while it was read
+    finally:
+        writer.kill()
+        writer.wait()

@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,7 @@ class Checkpointer:
             result = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # a missing or truncated file surfaces from tensorstore as a plain Exception
             _quiet_abandoned_reads()
-            if not where.is_dir():
+            if _vanishing(where):
                 raise CheckpointVanishedError(f"Checkpoint step {step} was deleted from {self.directory} while being "
                                               "read (a live run keeps only its newest checkpoints).") from e
             raise CheckpointDamagedError(
@@ -282,6 +283,17 @@ def _quiet_orbax_noise() -> None:
 def _quiet_abandoned_reads() -> None:
     """Finalise the coroutines of a failed restore now, while the interpreter can (see `_quiet_orbax_noise`)."""
     gc.collect()
+
+
+def _vanishing(step_dir: Path, within_s: float = 3.0) -> bool:
+    """Whether a step whose read failed is being deleted (a live run rotating it away, which takes a moment), rather
+    than damaged: it is gone, or goes within `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while step_dir.is_dir():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _scan(read: Any, directory: Path) -> Any:
@@ -360,32 +372,42 @@ def open_step(path: str | Path, skip: tuple[int, ...] = ()) -> tuple[Checkpointe
     return checkpointer, step
 
 
-def load_params(path: str | Path) -> tuple[ModelConfig, Any, dict[str, Any]]:
-    """Weights of the newest complete step under `path` (or of the step directory `path`), on the default device,
-    verified. If that step is deleted while being read (a live run rotated it away), the newest step left is read.
-
-    Returns (model config, params, meta). The caller chooses how to run the model (RunOptions): nothing about it is
-    taken from the checkpoint.
-    """
+def read_newest(path: str | Path, read: Any) -> Any:
+    """`read(checkpointer, step)` on the newest complete step under `path` (or the step directory `path`); if that
+    step is deleted while being read (a live run rotated it away), on the newest step left, up to READ_ATTEMPTS
+    times. A step the caller named is never swapped for another."""
     vanished: list[int] = []
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     for _ in range(READ_ATTEMPTS):
         checkpointer, step = open_step(path, skip=tuple(vanished))
         try:
-            meta = checkpointer.meta(step)
-            config = checkpointer.model_config(step, meta)
-            abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                                    param_shapes(config))
-            params, _, meta = checkpointer.restore(step, abstract)
-            return config, params, meta
+            return read(checkpointer, step)
         except CheckpointVanishedError:
-            if resolve(path)[1] is not None:  # a step the user named: nothing else to read
+            if resolve(path)[1] is not None:
                 raise
             vanished.append(step)
         finally:
             checkpointer.close()
     raise CheckpointVanishedError(f"Steps {vanished} of {path} were each deleted while being read; is a run with "
                                   "save_num_checkpoints_to_keep=1 saving very often? Read it again, or copy a step.")
+
+
+def load_params(path: str | Path) -> tuple[ModelConfig, Any, dict[str, Any]]:
+    """Weights of the newest complete step under `path` (or of the step directory `path`), on the default device,
+    verified; safe on a live run (`read_newest`).
+
+    Returns (model config, params, meta). The caller chooses how to run the model (RunOptions): nothing about it is
+    taken from the checkpoint.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def read(checkpointer: Checkpointer, step: int) -> tuple[ModelConfig, Any, dict[str, Any]]:
+        config = checkpointer.model_config(step, checkpointer.meta(step))
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                                param_shapes(config))
+        params, _, meta = checkpointer.restore(step, abstract)
+        return config, params, meta
+
+    return read_newest(path, read)
 
 
 def save_params(path: str | Path, config: ModelConfig, params: Any, step: int = 0, **meta: Any) -> Path:

@@ -28,7 +28,7 @@ from olmo_jax.errors import CheckpointDamagedError, CheckpointError, TrainingErr
 from olmo_jax.model.config import ModelConfig
 from olmo_jax.model.hf import load_hf
 from olmo_jax.model.transformer import param_shapes
-from olmo_jax.train.checkpoint import Checkpointer, open_step
+from olmo_jax.train.checkpoint import Checkpointer, read_newest
 from olmo_jax.train.optim import OPT_STATE_LAYOUT, from_legacy_opt_state, legacy_opt_state
 from olmo_jax.train.step import JittedStep, TrainState, new_state
 
@@ -151,11 +151,8 @@ def initial_state(source: StateSource, jitted: JittedStep, checkpointer: Checkpo
             check_compatible(hf_config, None, source.model, source.fingerprint, source.allow_mismatch, True, path,
                              "Use a config matching the HF model")
             return Start(fresh_optimizer(params, jitted), f"loaded weights from HF directory {path}")
-        reader, step = open_step(path)
-        try:
-            return Start(*restore(source, jitted, reader, step, schedule, resuming=False))
-        finally:
-            reader.close()
+        return Start(*read_newest(path, lambda reader, step: restore(source, jitted, reader, step, schedule,
+                                                                      resuming=False)))
     return Start(jitted.init(jax.random.key(source.seed)), f"initialised ({source.init_fn} init)")
 
 
