@@ -114,6 +114,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.scheduler.t_max = none_or(int)  # schedule length in steps; None → max_duration (OLMo default)
     c.scheduler.warmup_min_lr = none_or(float)  # LR at the start of warm-up; None → 0.1 × peak (OLMo default)
 
+    # ours, in the spirit of OLMo-core's SkipStepAdamW (docs/failure-modes.md): skip the update of a step whose loss
+    # spikes, and stop the run after max_skips of them in a row, before that state is checkpointed
+    c.loss_spike_guard = ml_collections.ConfigDict()
+    c.loss_spike_guard.enabled = False  # off: OLMo-1B.yaml has none, and a skipped step makes a run differ from OLMo
+    c.loss_spike_guard.window = 128  # steps of loss history a step's loss is judged against
+    c.loss_spike_guard.sigma = 6.0  # a loss more than sigma standard deviations above the window's mean is a spike
+    c.loss_spike_guard.max_skips = 3  # spiking steps in a row whose updates are skipped; one more stops the run
+
     c.data = ml_collections.ConfigDict()
     # token files or URLs, read in this order (recipe: --data.paths; tools/download_data.py fetches it)
     c.data.paths = ("data/dolma/part-001-00000.npy",)

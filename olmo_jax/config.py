@@ -30,7 +30,7 @@ from olmo_jax.errors import ConfigError
 from olmo_jax.eval.config import EvaluatorConfig
 from olmo_jax.model.config import ModelConfig, RunOptions
 from olmo_jax.parallel.config import DistributedConfig, MeshConfig
-from olmo_jax.train.config import OptimizerConfig, SchedulerConfig, WandbConfig
+from olmo_jax.train.config import OptimizerConfig, SchedulerConfig, SpikeGuardConfig, WandbConfig
 
 Precision = Literal["amp_bf16", "fp32"]
 DTYPE_OF_PRECISION: dict[str, str] = {"amp_bf16": "bfloat16", "fp32": "float32"}  # OLMo's names → compute dtype
@@ -47,6 +47,7 @@ class TrainConfig:
     run: RunOptions  # from the keys precision, model.attention_impl and model.remat
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig
+    loss_spike_guard: SpikeGuardConfig
     data: DataConfig
     mesh: MeshConfig
     distributed: DistributedConfig

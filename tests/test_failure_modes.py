@@ -276,3 +276,45 @@ def test_readers_of_a_live_run_never_fail(tokens: Path, tmp_path: Path) -> None:
     finally:
         writer.kill()
         writer.wait()
+
+
+GUARD = ("loss_spike_guard.enabled=True", "loss_spike_guard.window=4", "loss_spike_guard.sigma=3.0",
+         "loss_spike_guard.max_skips=2")
+
+
+def test_a_forced_divergence_stops_before_its_state_is_checkpointed(tokens: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Resumed (deliberately) with a learning rate of 1e6: the first update wrecks the model, the next steps' losses
+    spike, their updates are skipped, and after max_skips the run stops; the checkpoint of the wrecking step is set
+    aside and nothing after it is saved, so the last good checkpoint is where it was."""
+    train(_config(tokens, tmp_path, "stop_at=8", "save_interval=1", *GUARD))
+    with pytest.raises(TrainingError, match=r"(?s)Loss spikes at steps 10-12: more than loss_spike_guard\.max_skips=2 "
+                                            r"in a row.*stopped before checkpointing that state; the last good "
+                                            r"checkpoint is step 8.*step 9, whose state spiked, is kept aside"):
+        train(_config(tokens, tmp_path, "save_interval=1", "optimizer.learning_rate=1e6",
+                      "allow_optimizer_change=True", *GUARD))
+    assert capsys.readouterr().out.count("its update was skipped") == 2  # steps 10 and 11; 12 is one too many
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["5", "6", "7", "8", "9.suspect"]  # keep 5: saving 9 rotated 4 out; 8 is intact
+    records = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl")}
+    assert records[10]["train/skipped"] == 1.0 and records[10]["train/loss"] > 3 * records[8]["train/loss"]
+
+
+def test_a_single_spike_is_skipped_and_the_run_goes_on(tokens: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A poisoned batch (ids the run has barely seen, at random) at step 9: its loss spikes, its update is skipped,
+    and training goes on from the state before it, to the end."""
+    from olmo_jax.data.order import Batches
+    from olmo_jax.data.token_files import TokenFiles
+
+    ids = np.fromfile(tokens, np.uint16).copy()
+    rng = np.random.default_rng(1)
+    for instance in Batches(TokenFiles([tokens], "uint16", 16), 6198, 8, 2).instance_ids(8).reshape(-1):
+        ids[instance * 16:(instance + 1) * 16] = rng.integers(100, 250, 16)
+    poisoned = tmp_path / "poisoned.npy"
+    ids.tofile(poisoned)
+    assert train(_config(poisoned, tmp_path / "run", *GUARD)) == 12
+    out = capsys.readouterr().out
+    assert "warning: step 9: loss" in out and out.count("its update was skipped") == 1
+    records = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
+    assert records[9]["train/skipped"] == 1.0 and all(records[s]["train/skipped"] == 0.0 for s in (8, 10, 11, 12))

@@ -83,7 +83,6 @@ def test_the_benchmarked_step_is_the_trainers(tmp_path: Path, monkeypatch: pytes
     np.random.default_rng(0).integers(0, 250, 16 * 40, dtype=np.uint16).tofile(tokens)
     config = load_config(MICRO, [f"data.paths={tokens}", f"save_folder={tmp_path / 'run'}"])
     run = trainer.build_run(config)
-    run.checkpointer.close()
     step = profiling.compile_step(config)
     batch = profiling.synthetic_batches(step, 1)[0]
     abstract_batch = jax.ShapeDtypeStruct(batch.shape, batch.dtype, sharding=run.step.batch_sharding)

@@ -236,13 +236,14 @@ class Checkpointer:
             return "There is no earlier checkpoint."
         return f"The previous checkpoint is step {earlier[-1]} ({self.directory / str(earlier[-1])})."
 
-    def set_aside(self, step: int) -> Path:
-        """Rename a damaged step to `<step>.damaged` (kept for inspection, invisible to Orbax); returns the path."""
-        target = self.directory / f"{step}.damaged"
+    def set_aside(self, step: int, why: str = "damaged") -> Path:
+        """Rename a step to `<step>.<why>` (kept for inspection, invisible to Orbax: neither resumed from nor counted
+        by max_to_keep); returns the path."""
+        target = self.directory / f"{step}.{why}"
         n = 1
         while target.exists():
             n += 1
-            target = self.directory / f"{step}.damaged-{n}"
+            target = self.directory / f"{step}.{why}-{n}"
         if jax.process_index() == 0:
             os.replace(self.directory / str(step), target)
         _scan(self._manager.reload, self.directory)

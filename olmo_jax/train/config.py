@@ -1,5 +1,5 @@
-"""The `optimizer`, `scheduler` and `wandb` sections of a run's config; configs/1b.py gives every value and says what
-it means (docs/configuration.md)."""
+"""The `optimizer`, `scheduler`, `loss_spike_guard` and `wandb` sections of a run's config; configs/1b.py gives every
+value and says what it means (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,21 @@ class WandbConfig:
     entity: str | None
     group: str | None
     name: str | None  # None → run_name
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikeGuardConfig:
+    """The loss-spike guard, in the spirit of OLMo-core's SkipStepAdamW (olmo_jax/train/step.py): a step whose loss
+    is more than `sigma` standard deviations above the mean of the last `window` steps' losses, or whose gradient
+    norm is exactly 0 (a collapsed model), does not apply its update; after `max_skips` such steps in a row the run
+    stops, before checkpointing that state. Off in configs/1b.py: OLMo-1B.yaml has no guard."""
+
+    enabled: bool
+    window: int  # steps of loss history a step is judged against; the guard judges once it has a full window
+    sigma: float
+    max_skips: int  # consecutive skipped steps the run rides out; one more and it stops (0: stop at the first)
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.sigma <= 0 or self.max_skips < 0:
+            raise ConfigError(f"loss_spike_guard: window={self.window} must be ≥ 2, sigma={self.sigma} > 0 and "
+                              f"max_skips={self.max_skips} ≥ 0.")

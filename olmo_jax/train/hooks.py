@@ -28,6 +28,7 @@ from olmo_jax.train.step import TrainState
 from olmo_jax.train.throughput import SpeedMonitor
 
 Console = Callable[[str], None]
+INTERNAL_METRICS = ("healthy", "spike_limit")  # for the loop's checks, not logged
 
 
 @contextlib.contextmanager
@@ -49,6 +50,7 @@ class StepEnd:
     state: TrainState
     metrics: dict[str, jax.Array]
     stopping: str | None = None
+    spiking: bool = False  # the spike guard skipped this step's update (known once the step is verified)
 
     @property
     def is_last(self) -> bool:
@@ -62,6 +64,7 @@ class Hook:
     interval: int
     at_stop = False  # runs in the final pass of a run stopped early
     needs_healthy = False  # runs only once the step is known to be finite
+    while_spiking = True  # runs also at a step whose update the spike guard skipped
     pauses = False  # its time is not training time
 
     def due(self, event: StepEnd) -> bool:
@@ -99,7 +102,7 @@ class LogMetrics(Hook):
 
     def __call__(self, event: StepEnd) -> None:
         with host_sync("log step: the step's metrics"):
-            host = {k: float(v) for k, v in jax.device_get(event.metrics).items() if k != "healthy"}
+            host = {k: float(v) for k, v in jax.device_get(event.metrics).items() if k not in INTERNAL_METRICS}
         host |= self.speed.metrics() | {"throughput/total_tokens": event.step * self.tokens_per_step}
         host["train/perplexity"] = math.exp(min(host["train/loss"], 700.0))
         seconds = self.speed.step_time()
@@ -112,13 +115,15 @@ class LogMetrics(Hook):
 
 @dataclasses.dataclass
 class SaveCheckpoint(Hook):
-    """Every `save_interval` steps, at the end, and when stopped early: save the state (asynchronously)."""
+    """Every `save_interval` steps, at the end, and when stopped early: save the state (asynchronously); not at a step
+    whose loss spiked (the state may be the one that made it spike)."""
 
     save: Callable[[TrainState, int], None]
     checkpointer: Checkpointer
     console: Console
     at_stop = True
     needs_healthy = True
+    while_spiking = False
     pauses = True
 
     def __call__(self, event: StepEnd) -> None:

@@ -30,7 +30,7 @@ from olmo_jax.model.hf import load_hf
 from olmo_jax.model.transformer import param_shapes
 from olmo_jax.train.checkpoint import Checkpointer, read_newest
 from olmo_jax.train.optim import OPT_STATE_LAYOUT, from_legacy_opt_state, legacy_opt_state
-from olmo_jax.train.step import JittedStep, TrainState, new_state
+from olmo_jax.train.step import GuardState, JittedStep, TrainState, fresh_guard, new_state
 
 # Architecture fields that change what the model computes without changing parameter shapes: compared for every
 # kind of load. The rest (initialisation, vocab_size, eos/pad) matter to a run's continuation only.
@@ -190,12 +190,28 @@ def restore(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer,
     else:
         raise CheckpointError(f"{where} has optimizer-state layout {layout}, newer than this olmo_jax reads "
                               f"({OPT_STATE_LAYOUT}); upgrade olmo_jax.")
-    state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True))
+    guard = jax.device_put(saved_guard(meta, abstract.guard.recent.shape[0]), jitted.state_shardings.guard)
+    state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True), guard)
     return state, f"{'resumed from' if resuming else 'loaded the full state of'} {where}"
+
+
+def saved_guard(meta: dict[str, Any], window: int) -> GuardState:
+    """The spike guard's recent losses as the checkpoint saved them, so a resumed run judges its first steps against
+    the same history; fresh when there are none of this window's length (a checkpoint before the guard, another
+    window)."""
+    saved = meta.get("loss_spike_guard")
+    try:
+        if saved is not None and len(saved["recent"]) == window:
+            return GuardState(jnp.asarray(saved["recent"], jnp.float32), jnp.asarray(saved["seen"], jnp.int32),
+                              jnp.asarray(saved["skips"], jnp.int32))
+    except (KeyError, TypeError, ValueError):
+        pass
+    return fresh_guard(window)
 
 
 def fresh_optimizer(params: Any, jitted: JittedStep) -> TrainState:
     """Step 0 of a new run from these weights: a new optimizer state, laid out on the mesh."""
     params = jax.device_put(params, jitted.state_shardings.params)
-    make = jax.jit(lambda p: new_state(p, jitted.optimizer), out_shardings=jitted.state_shardings)
+    window = jitted.abstract_state.guard.recent.shape[0]
+    make = jax.jit(lambda p: new_state(p, jitted.optimizer, window), out_shardings=jitted.state_shardings)
     return make(params)

@@ -5,8 +5,13 @@ B·(T−1) target tokens. That is what the 2024-02 OLMo code that trained the re
 by B·T instead, a constant 2047/2048 smaller) and what HF reports; with no masking it does not depend on how the
 batch is split into microbatches or devices.
 
-Everything here takes the fields it needs (the architecture, the run options, the optimizer, two loss settings and
-the mesh), not a run's whole config.
+The optional loss-spike guard (`SpikeGuard`, in the spirit of OLMo-core's SkipStepAdamW): a step whose loss is far
+above the recent ones, or whose gradient norm is exactly 0, applies no update; the batch is consumed all the same.
+After `max_skips` such steps in a row the state is frozen and marked unhealthy, so the loop stops before anything
+checkpoints it. Its history of recent losses lives in the train state and starts afresh after a resume.
+
+Everything here takes the fields it needs (the architecture, the run options, the optimizer, the loss settings,
+the guard and the mesh), not a run's whole config.
 """
 
 from __future__ import annotations
@@ -30,28 +35,51 @@ Array = jax.Array
 Z_LOSS_WEIGHT = 1e-4  # OLMo hard-wires the z-loss multiplier (§3.4); auxiliary_loss_multiplier is unused there
 
 
+class SpikeGuard(NamedTuple):
+    """The loss-spike guard's settings (SpikeGuardConfig in a run's config)."""
+
+    window: int
+    sigma: float
+    max_skips: int
+
+
+class GuardState(NamedTuple):
+    recent: Array  # float32 [window]: the losses of the last steps that applied their update, a ring
+    seen: Array  # int32 []: losses recorded so far (the guard judges once it has a full window)
+    skips: Array  # int32 []: consecutive steps whose update was skipped
+
+
+def fresh_guard(window: int) -> GuardState:
+    return GuardState(jnp.zeros((window,), jnp.float32), jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
+
+
 class TrainState(NamedTuple):
-    step: Array  # int32 []: optimizer updates applied
+    step: Array  # int32 []: batches consumed (every step, also one whose update the spike guard skipped)
     params: Any  # fp32 master weights
     opt_state: Any  # fp32 Adam moments, the update count and the LR last applied (olmo_jax/train/optim.py)
-    healthy: Array  # bool []: False once a step saw a non-finite loss or grad norm; later steps then change nothing
+    healthy: Array  # bool []: False once a step saw a non-finite loss or grad norm (or too many spikes); later
+    # steps then change nothing
+    guard: GuardState  # the spike guard's recent losses (a window of 1, unused, when the guard is off)
 
 
-def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
+def init_state(config: ModelConfig, optimizer: optax.GradientTransformation, key: Array,
+               guard_window: int = 1) -> TrainState:
     params = init_params(config, key)
-    return new_state(params, optimizer)
+    return new_state(params, optimizer, guard_window)
 
 
-def new_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+def new_state(params: Any, optimizer: optax.GradientTransformation, guard_window: int = 1) -> TrainState:
     """Step 0 with a fresh optimizer: the step and the optimizer's update count (which the LR follows) agree."""
-    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), jnp.asarray(True))
+    return TrainState(jnp.asarray(0, jnp.int32), params, optimizer.init(params), jnp.asarray(True),
+                      fresh_guard(guard_window))
 
 
 def make_train_step(
     model: OLMo, optimizer: optax.GradientTransformation, loss_chunk: int, z_loss: bool,
+    guard: SpikeGuard | None = None,
 ) -> Callable[[TrainState, Array], tuple[TrainState, dict[str, Array]]]:
-    """Bind the model (with its run options) and the optimizer; the returned function has no Python branches on
-    config.
+    """Bind the model (with its run options), the optimizer and the spike guard (None: off); the returned function
+    has no Python branches on config.
 
     batch: int32 [A, M, T], A microbatches of M rows, accumulated inside the compiled step.
     """
@@ -78,21 +106,49 @@ def make_train_step(
         loss, grad_norm = ce / n_targets, global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # A non-finite loss or gradient leaves the state as it was, for this and every later step, so the loop can
-        # stop on it (one step later, without waiting for each step) with the last good state intact.
-        ok = state.healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updated = TrainState(state.step + 1, params, opt_state, ok)
-        state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), updated, state._replace(healthy=ok))
+        finite = state.healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        spike, limit = _judge(state.guard, loss, grad_norm, guard)
+        skips = jnp.where(spike, state.guard.skips + 1, 0)
+        # A non-finite loss or gradient, or one spike too many, leaves the state as it was, for this and every later
+        # step, so the loop can stop on it (one step later, without waiting for each step) with the last good state
+        # intact; a spike within max_skips consumes its batch and applies no update.
+        ok = finite & (skips <= (guard.max_skips if guard else 0))
+        apply = ok & ~spike
+        recorded = _record(state.guard, loss) if guard else state.guard
+        new_guard = jax.tree.map(lambda a, b: jnp.where(apply, a, b), recorded, state.guard)._replace(
+            skips=jnp.where(ok, skips, state.guard.skips))
+        kept = state._replace(healthy=ok, guard=new_guard)
+        updated = TrainState(state.step + 1, params, opt_state, ok, new_guard)
+        state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated,
+                             kept._replace(step=jnp.where(ok, state.step + 1, state.step)))
         metrics = {
             "train/loss": loss,
             "train/z_loss": Z_LOSS_WEIGHT * z / n_targets,
             "train/grad_norm": grad_norm,  # before clipping, as OLMo logs optim/total_grad_norm
             "train/lr": applied_lr(opt_state),  # the LR this update used, from the optimizer's own state
-            "healthy": ok,  # a copy outside the donated state, for the loop's check (not logged)
+            "train/skipped": spike,  # the spike guard applied no update for this step
+            "healthy": ok,  # copies outside the donated state, for the loop's check (not logged)
+            "spike_limit": limit,
         }
         return state, metrics
 
     return train_step
+
+
+def _judge(history: GuardState, loss: Array, grad_norm: Array, guard: SpikeGuard | None) -> tuple[Array, Array]:
+    """Whether this step is a spike: a full window of recent losses, and the loss above their mean + sigma·std (the
+    limit, also returned), or a gradient norm of exactly 0."""
+    if guard is None:
+        return jnp.asarray(False), jnp.asarray(jnp.inf, jnp.float32)
+    limit = jnp.mean(history.recent) + guard.sigma * jnp.std(history.recent)
+    judged = history.seen >= guard.window
+    return judged & ((loss > limit) | (grad_norm == 0)), jnp.where(judged, limit, jnp.inf)
+
+
+def _record(history: GuardState, loss: Array) -> GuardState:
+    window = history.recent.shape[0]
+    recent = jax.lax.dynamic_update_index_in_dim(history.recent, loss.astype(jnp.float32), history.seen % window, 0)
+    return history._replace(recent=recent, seen=history.seen + 1)
 
 
 class JittedStep(NamedTuple):
@@ -107,16 +163,17 @@ class JittedStep(NamedTuple):
 
 
 def jit_train_step(config: ModelConfig, options: RunOptions, optimizer: optax.GradientTransformation,
-                   loss_chunk: int, z_loss: bool, mesh: Mesh) -> JittedStep:
-    """Bind the model and optimizer and jit the step for `mesh` (FSDP state, batch split over devices, state
-    donated). The attention implementation is checked here, before tracing, so that a bad choice is one
+                   loss_chunk: int, z_loss: bool, mesh: Mesh, guard: SpikeGuard | None = None) -> JittedStep:
+    """Bind the model, optimizer and spike guard and jit the step for `mesh` (FSDP state, batch split over devices,
+    state donated). The attention implementation is checked here, before tracing, so that a bad choice is one
     ConfigError rather than an error deep inside the trace."""
     attention_impl(options)
-    abstract = jax.eval_shape(lambda k: init_state(config, optimizer, k), jax.random.key(0))
+    window = guard.window if guard else 1
+    abstract = jax.eval_shape(lambda k: init_state(config, optimizer, k, window), jax.random.key(0))
     state_shardings = tree_shardings(mesh, abstract)
     batch = batch_sharding(mesh)
-    step_fn = make_train_step(OLMo(config, options), optimizer, loss_chunk, z_loss)
+    step_fn = make_train_step(OLMo(config, options), optimizer, loss_chunk, z_loss, guard)
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch), out_shardings=(state_shardings, None),
                          donate_argnums=0)
-    init = jax.jit(lambda k: init_state(config, optimizer, k), out_shardings=state_shardings)
+    init = jax.jit(lambda k: init_state(config, optimizer, k, window), out_shardings=state_shardings)
     return JittedStep(train_step, init, optimizer, with_shardings(abstract, state_shardings), state_shardings, batch)

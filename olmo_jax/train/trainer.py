@@ -35,7 +35,7 @@ from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.data.tokenizer import Tokenizer
 from olmo_jax.errors import ConfigError, DataError, TrainingError
 from olmo_jax.eval.evaluators import Evaluators
-from olmo_jax.parallel.mesh import make_mesh
+from olmo_jax.parallel.mesh import make_mesh, to_host
 from olmo_jax.train.checkpoint import Checkpointer, package_versions
 from olmo_jax.train.hooks import (
     Evaluate,
@@ -52,7 +52,7 @@ from olmo_jax.train.metrics import MetricsWriter
 from olmo_jax.train.optim import OPT_STATE_LAYOUT, lr_schedule, make_optimizer
 from olmo_jax.train.resume import StateSource, data_fingerprint, initial_state, optimizer_settings
 from olmo_jax.train.signals import StopRequest
-from olmo_jax.train.step import JittedStep, TrainState, jit_train_step
+from olmo_jax.train.step import JittedStep, SpikeGuard, TrainState, jit_train_step
 from olmo_jax.train.throughput import SpeedMonitor
 
 
@@ -69,8 +69,10 @@ def make_step(config: TrainConfig, mesh: Mesh) -> JittedStep:
     """The run's train step, bound to its model, run options, optimizer and loss settings and jitted for `mesh`
     (the trainer and tools/benchmark.py both build it here)."""
     optimizer = make_optimizer(config.optimizer, config.scheduler, config.max_duration, config.max_grad_norm)
+    g = config.loss_spike_guard
+    guard = SpikeGuard(g.window, g.sigma, g.max_skips) if g.enabled else None
     return jit_train_step(config.model, config.run, optimizer, config.loss_chunk_size, config.softmax_auxiliary_loss,
-                          mesh)
+                          mesh, guard)
 
 
 def make_evaluators(config: TrainConfig) -> Evaluators | None:
@@ -171,6 +173,7 @@ class Run:
             "data_fingerprint": self.fingerprint,
             "tokens_seen": step * self.tokens_per_step,
             "opt_state_layout": OPT_STATE_LAYOUT,
+            "loss_spike_guard": {k: v.tolist() for k, v in to_host(state.guard._asdict()).items()},
             "versions": package_versions(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -276,7 +279,7 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     log = LogMetrics(config.console_log_interval, writer, speed, run.tokens_per_step, console)
     try:
         hooks = make_hooks(run, stop, writer, log, console)
-        step, _ = run_loop(run, state, start, hooks, speed, bar.update)
+        step, _ = run_loop(run, state, start, hooks, speed, bar.update, console)
     except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
         raise DataError(f"{e}\nThe run stopped; {run.last_good()}.") from e
     finally:
@@ -298,43 +301,75 @@ def make_hooks(run: Run, stop: StopRequest, writer: MetricsWriter, log: LogMetri
 
 
 class HealthCheck:
-    """Whether the newest step kept the loss and gradient norm finite (the step leaves the state unchanged when
-    not, olmo_jax/train/step.py). The loop verifies each step once the next one is queued, so the device never
-    waits for the host, and before any hook reads or saves the state."""
+    """Whether the newest step kept the loss and gradient norm finite and, with the spike guard, whether its loss
+    spiked (the step leaves the state unchanged when not healthy, and applies no update at a spike,
+    olmo_jax/train/step.py). The loop verifies each step once the next one is queued, so the device never waits for
+    the host, and before any hook reads or saves the state: one transfer of four scalars per step."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, console: Any = None) -> None:
         self._run = run
-        self._pending: tuple[int, jax.Array, dict[str, jax.Array]] | None = None
+        self._console = console or _silent
+        self._pending: tuple[int, dict[str, jax.Array]] | None = None
+        self.spiking = False  # the last verified step was a spike
+        self._streak_start: int | None = None
 
     def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
         self.verify()
-        self._pending = (step, metrics["healthy"], metrics)
+        self._pending = (step, metrics)
 
     def verify(self) -> None:
         if self._pending is None:
             return
-        step, healthy, metrics = self._pending
-        with host_sync("health: the loop's one transfer per step"):
-            ok = bool(healthy)
+        step, metrics = self._pending
         self._pending = None
-        if ok:
+        with host_sync("health: the loop's one transfer per step"):
+            ok, skipped, loss, limit = jax.device_get(
+                (metrics["healthy"], metrics["train/skipped"], metrics["train/loss"], metrics["spike_limit"]))
+        self.spiking = bool(skipped)
+        if self.spiking and self._streak_start is None:
+            self._streak_start = step
+        elif not self.spiking:
+            self._streak_start = None
+        if bool(ok):
+            if self.spiking:
+                self._console(f"warning: step {step}: loss {float(loss):.4f} is above the spike limit "
+                              f"{float(limit):.4f} (or the gradient norm is 0); its update was skipped "
+                              f"(loss_spike_guard).")
             return
+        if self.spiking:
+            raise TrainingError(self._spikes(step, float(loss), float(limit)))
         with host_sync("the failure's numbers"):
-            loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
+            grad_norm = float(metrics["train/grad_norm"])
         raise TrainingError(
-            f"Non-finite training signal at step {step}: loss={loss}, grad_norm={grad_norm}. The run stopped before "
-            f"applying that update; {self._run.last_good()}. Lower optimizer.learning_rate, check the data at this "
-            "step (tools/inspect_data.py), or enable softmax_auxiliary_loss (z-loss)."
+            f"Non-finite training signal at step {step}: loss={float(loss)}, grad_norm={grad_norm}. The run stopped "
+            f"before applying that update; {self._run.last_good()}. Lower optimizer.learning_rate, check the data at "
+            "this step (tools/inspect_data.py), or enable softmax_auxiliary_loss (z-loss)."
         )
+
+    def _spikes(self, step: int, loss: float, limit: float) -> str:
+        """The message of a run stopped by the spike guard; the checkpoint of the step before the spikes began holds
+        the state that spiked, so it is set aside as `<step>.suspect`."""
+        checkpointer, first = self._run.checkpointer, self._streak_start or step
+        checkpointer.wait()
+        suspect = ""
+        if checkpointer.latest_step() == first - 1:
+            where = checkpointer.set_aside(first - 1, "suspect")
+            suspect = f" The checkpoint of step {first - 1}, whose state spiked, is kept aside as {where}."
+        g = self._run.config.loss_spike_guard
+        return (f"Loss spikes at steps {first}-{step}: more than loss_spike_guard.max_skips={g.max_skips} in a row "
+                f"(the last: loss {loss:.4f} above the limit {limit:.4f}, mean + {g.sigma} std of the last "
+                f"{g.window} steps' losses, or a gradient norm of 0). The run stopped before checkpointing that "
+                f"state; {self._run.last_good()}.{suspect} Lower optimizer.learning_rate, check the data of these "
+                "steps (tools/inspect_data.py), or raise loss_spike_guard.sigma.")
 
 
 def run_loop(run: Run, state: TrainState, start: int, hooks: list[Hook], speed: SpeedMonitor,
-             progress: Any = None) -> tuple[int, TrainState]:
+             progress: Any = None, console: Any = None) -> tuple[int, TrainState]:
     """Dispatch steps from `start` to the run's last step (or a stop), calling the hooks that are due after each;
     returns the last completed step and the state."""
     last = run.config.last_step
     step = start
-    health = HealthCheck(run)
+    health = HealthCheck(run, console)
     with run.batches.prefetch(start, last, run.config.data.prefetch_depth) as batches:
         for batch_step, local_batch in batches:
             batch = jax.make_array_from_process_local_data(run.step.batch_sharding, local_batch)
@@ -353,6 +388,9 @@ def run_loop(run: Run, state: TrainState, start: int, hooks: list[Hook], speed: 
                 if hook.due(event):
                     if hook.needs_healthy:
                         health.verify()
+                        event.spiking = health.spiking
+                    if event.spiking and not hook.while_spiking:
+                        continue
                     hook(event)
                     paused |= hook.pauses
             if paused:
