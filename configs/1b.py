@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = none_or(int)  # this process's index, 0 … num_processes − 1
     # GPUs this process drives, e.g. (0,1,2,3,4,5,6,7) for one task per 8-GPU node
     c.distributed.local_device_ids = none_or(tuple)
+    # seconds a process may go silent before the others call it lost and stop (JAX's default: 100) (ours)
+    c.distributed.heartbeat_timeout_seconds = 25
+    c.distributed.shutdown_timeout_seconds = 60  # seconds processes wait for each other at the end (JAX's: 300)
 
     c.wandb = ml_collections.ConfigDict()
     c.wandb.enabled = False  # log to Weights & Biases too (pip install wandb) (OLMo: wandb)

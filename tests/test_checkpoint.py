@@ -69,3 +69,18 @@ def test_an_empty_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
         load_params(tmp_path)
+
+
+def test_checksum_bench_reports_what_it_measured() -> None:
+    import json
+
+    from conftest import run_python
+
+    result = run_python("tools/bench_checksum.py", "--config=configs/tiny.py", "--gib", "0.001", "--repeats", "3",
+                        "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 0 < report["timed_bytes"] < report["state_bytes"]  # 1 MiB of tiny's state: a part, scaled
+    assert 0 < report["min_s"] <= report["median_s"] <= report["max_s"]
+    scaled = report["state_bytes"] * report["median_s"] / report["timed_bytes"]
+    assert report["whole_state_s"] == pytest.approx(scaled)

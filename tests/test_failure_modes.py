@@ -318,3 +318,4 @@ def test_a_single_spike_is_skipped_and_the_run_goes_on(tokens: Path, tmp_path: P
     assert "warning: step 9: loss" in out and out.count("its update was skipped") == 1
     records = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
     assert records[9]["train/skipped"] == 1.0 and all(records[s]["train/skipped"] == 0.0 for s in (8, 10, 11, 12))
+

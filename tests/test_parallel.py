@@ -170,6 +170,31 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step(tokens: Path, tmp_
     assert read_metrics(tmp_path / "metrics.jsonl")[-1]["step"] == saved[0] + 2
 
 
+def test_a_lost_process_ends_the_other_naming_it_and_the_checkpoint(tokens: Path, tmp_path: Path) -> None:
+    long = ("max_duration=2000", "save_interval=4", "distributed.heartbeat_timeout_seconds=5")
+    procs = _two_processes(tokens, tmp_path, *long)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "checkpoints" / "8").is_dir():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "runs ended early"
+        time.sleep(0.05)
+    procs[1].kill()  # kill -9: no signal handler, no goodbye to the coordination service
+    killed = time.monotonic()
+    code, _, err = _finish(procs[:1])[0]
+    waited = time.monotonic() - killed
+    assert code == 1, err[-3000:]
+    procs[1].wait()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Lost process 1 of 2" in errors[0], err[-3000:]
+    kept = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert f"The last complete checkpoint is step {kept} in {tmp_path / 'checkpoints'}" in errors[0]
+    assert waited < 60, waited  # heartbeat timeout 5 s + PeerWatch's poll, with room for a loaded machine
+    # Both rerun: resumed from that checkpoint.
+    results = _finish(_two_processes(tokens, tmp_path, *long, f"stop_at={kept + 2}"))
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert f"resumed from {tmp_path / 'checkpoints' / str(kept)}" in results[0][1]
+
+
 def _safe_losses(run_dir: Path) -> list[float]:
     try:
         return _losses(run_dir)

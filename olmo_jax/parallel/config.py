@@ -46,8 +46,13 @@ class DistributedConfig:
     num_processes: int | None
     process_id: int | None
     local_device_ids: tuple[int, ...] | None  # e.g. (0, 1, 2, 3, 4, 5, 6, 7) for one task per 8-GPU node
+    heartbeat_timeout_seconds: int  # a process silent this long is lost: the others stop (docs/failure-modes.md)
+    shutdown_timeout_seconds: int  # how long the processes wait for each other when they finish
 
     def __post_init__(self) -> None:
+        if self.heartbeat_timeout_seconds < 2 or self.shutdown_timeout_seconds < 1:
+            raise ConfigError(f"distributed.heartbeat_timeout_seconds={self.heartbeat_timeout_seconds} must be ≥ 2 and "
+                              f"shutdown_timeout_seconds={self.shutdown_timeout_seconds} ≥ 1.")
         if self.coordinator_address is not None and (self.num_processes is None or self.process_id is None):
             raise ConfigError(
                 f"distributed.coordinator_address={self.coordinator_address!r} needs distributed.num_processes and "

@@ -34,14 +34,19 @@ def run(argv: list[str] | None = None) -> int:
     apply_recommended_flags()  # GPU only, before JAX starts its backend; OLMO_JAX_XLA_FLAGS=0 turns it off
     import jax
 
-    from olmo_jax.parallel.distributed import initialize
+    from olmo_jax.parallel.distributed import finish, initialize
     from olmo_jax.train.trainer import train
 
     initialize(config.distributed)  # before any other JAX call
-    config.mesh.shape(jax.device_count())  # a mesh that cannot fit fails before anything is built
-    if config.data.stdlib_corpus:
-        build_quickstart_corpus(config)
-    train(config)
+    failed = True
+    try:
+        config.mesh.shape(jax.device_count())  # a mesh that cannot fit fails before anything is built
+        if config.data.stdlib_corpus:
+            build_quickstart_corpus(config)
+        train(config)
+        failed = False
+    finally:
+        finish(config.distributed, failed)  # multi-process: leave together, process 0 last
     return 0
 
 

@@ -35,6 +35,7 @@ from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.data.tokenizer import Tokenizer
 from olmo_jax.errors import ConfigError, DataError, TrainingError
 from olmo_jax.eval.evaluators import Evaluators
+from olmo_jax.parallel.distributed import PeerWatch
 from olmo_jax.parallel.mesh import make_mesh, to_host
 from olmo_jax.train.checkpoint import Checkpointer, package_versions
 from olmo_jax.train.hooks import (
@@ -279,7 +280,8 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     log = LogMetrics(config.console_log_interval, writer, speed, run.tokens_per_step, console)
     try:
         hooks = make_hooks(run, stop, writer, log, console)
-        step, _ = run_loop(run, state, start, hooks, speed, bar.update, console)
+        with PeerWatch(run.checkpointer.directory, settle_s=config.distributed.heartbeat_timeout_seconds + 10):
+            step, _ = run_loop(run, state, start, hooks, speed, bar.update, console)
     except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
         raise DataError(f"{e}\nThe run stopped; {run.last_good()}.") from e
     finally:
