@@ -83,6 +83,17 @@ def scheduler_config(**overrides: object) -> SchedulerConfig:
     return dataclasses.replace(recipe().scheduler, **overrides)
 
 
+def write_patterned_tokens(path: Path, repeats: int) -> Path:
+    """Token ids with structure, so the loss can fall: 0…39 repeated, 20% of them replaced by noise below 250."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    size = 40 * repeats
+    ids = np.where(rng.random(size) < 0.8, np.tile(np.arange(40), repeats), rng.integers(0, 250, size))
+    ids.astype(np.uint16).tofile(path)
+    return path
+
+
 def run_python(*args: str, timeout: float = 300, env: dict | None = None, **kwargs: object):
     """Run `python *args` from the repository root with this checkout first on the import path."""
     import os

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from olmo_jax.errors import CheckpointError
+from olmo_jax.errors import CheckpointError, CheckpointVanishedError
 from olmo_jax.model.transformer import init_params
-from olmo_jax.train.checkpoint import Checkpointer, load_params, open_step, resolve, save_params
+from olmo_jax.train import checkpoint as checkpoint_module
+from olmo_jax.train.checkpoint import Checkpointer, load_params, open_step, read_newest, resolve, save_params
 
 
 @pytest.fixture
@@ -52,6 +53,39 @@ def test_readers_leave_a_save_in_flight_alone(saved: tuple[Path, dict]) -> None:
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
     writer = Checkpointer(run / "checkpoints")  # removes them synchronously, before it returns
     assert not in_flight.exists()
+    writer.close()
+
+
+def test_a_reader_outrun_many_times_keeps_taking_the_newest_step(saved: tuple[Path, dict],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run saving every step with keep 1 can rotate away the step a slow reader picked many times in a row (the
+    converter's cold first read lost 5 races in a row): the reader keeps taking the newest step for READ_PATIENCE_S,
+    then gives up with an error that says why."""
+    run, params = saved
+    config = tiny_config()
+    writer = Checkpointer(run / "checkpoints", async_save=False)
+    tried: list[int] = []
+    newer = iter(range(101, 200))
+
+    def outrun(times: int):
+        def read(checkpointer: Checkpointer, step: int) -> int:
+            tried.append(step)
+            if len(tried) <= times:  # the run saves a newer step and rotates this one away while it is read
+                new = next(newer)
+                writer.save(new, params, {"model": config, "step": new})
+                raise CheckpointVanishedError(f"step {step} vanished")
+            return step
+        return read
+
+    assert read_newest(run, outrun(12)) == 112 and tried[:3] == [7, 101, 102]
+    tried.clear()
+    monkeypatch.setattr(checkpoint_module, "READ_PATIENCE_S", 0.0)
+    with pytest.raises(CheckpointVanishedError, match=r"Steps \[112\] of .* \(1 in 0 s\) were each deleted while "
+                                                      r"being read.*Read it again, or copy a step"):
+        read_newest(run, outrun(1))
+    tried.clear()
+    with pytest.raises(CheckpointVanishedError, match="step 3 vanished"):  # a step the caller named is not swapped
+        read_newest(run / "checkpoints" / "3", outrun(1))
     writer.close()
 
 

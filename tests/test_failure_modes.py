@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_patterned_tokens
 
 from olmo_jax.config import load_config
 from olmo_jax.errors import ConfigError, TrainingError
@@ -26,12 +26,7 @@ MICRO = ROOT / "tests" / "configs" / "micro.py"
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(0)
-    pattern = np.tile(np.arange(40), 500)
-    ids = np.where(rng.random(pattern.size) < 0.8, pattern, rng.integers(0, 250, pattern.size)).astype(np.uint16)
-    path = tmp_path_factory.mktemp("data") / "tokens.npy"
-    ids.tofile(path)
-    return path
+    return write_patterned_tokens(tmp_path_factory.mktemp("data") / "tokens.npy", 500)
 
 
 def _config(tokens: Path, run_dir: Path, *extra: str):

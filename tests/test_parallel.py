@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, olmo_1b
+from conftest import ROOT, olmo_1b, write_patterned_tokens
 from jax.sharding import PartitionSpec as P
 
 from olmo_jax.config import load_config
@@ -38,11 +38,7 @@ def _env(devices: int) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(0)
-    ids = np.where(rng.random(40_000) < 0.8, np.tile(np.arange(40), 1000), rng.integers(0, 250, 40_000))
-    path = tmp_path_factory.mktemp("data") / "tokens.npy"
-    ids.astype(np.uint16).tofile(path)
-    return path
+    return write_patterned_tokens(tmp_path_factory.mktemp("data") / "tokens.npy", 1000)
 
 
 def _losses(run_dir: Path) -> list[float]:

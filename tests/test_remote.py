@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import recipe, run_python
+from conftest import recipe, run_python, write_patterned_tokens
 from test_data import T, expected_rows, numbered_files
 
 from olmo_jax.data import prefetch
@@ -305,9 +305,7 @@ def test_training_from_a_url_stops_on_a_persistent_error_and_resumes(tmp_path: P
     from olmo_jax.config import load_config
     from olmo_jax.train.trainer import train
 
-    rng = np.random.default_rng(0)
-    ids = np.where(rng.random(4000) < 0.8, np.tile(np.arange(40), 100), rng.integers(0, 250, 4000))
-    ids.astype(np.uint16).tofile(tmp_path / "tokens.npy")  # 250 instances of 16 tokens: 31 steps per epoch
+    write_patterned_tokens(tmp_path / "tokens.npy", 100)  # 250 instances of 16 tokens: 31 steps per epoch
     with RangeServer(tmp_path) as server:
         def config(run: str, path: str):
             return load_config(MICRO, [f"data.paths={path}", f"save_folder={tmp_path / run}", "max_duration=8",

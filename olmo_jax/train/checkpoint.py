@@ -43,7 +43,8 @@ from olmo_jax.train.checksum import checksums, mismatched
 
 ITEMS = ("params", "opt_state", "meta")
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written: `<step>.orbax-checkpoint-tmp[-...]`
-READ_ATTEMPTS = 5  # how many newer-to-older steps a reader tries when the ones it picked vanish
+READ_ATTEMPTS = 5  # how many times a listing is retried when a step vanishes mid-listing
+READ_PATIENCE_S = 60.0  # how long a reader keeps taking the newest step when the ones it picked vanish
 
 
 def package_versions() -> dict[str, str]:
@@ -375,10 +376,12 @@ def open_step(path: str | Path, skip: tuple[int, ...] = ()) -> tuple[Checkpointe
 
 def read_newest(path: str | Path, read: Any) -> Any:
     """`read(checkpointer, step)` on the newest complete step under `path` (or the step directory `path`); if that
-    step is deleted while being read (a live run rotated it away), on the newest step left, up to READ_ATTEMPTS
-    times. A step the caller named is never swapped for another."""
+    step is deleted while being read (a live run rotated it away), on the newest step left, for up to
+    READ_PATIENCE_S (a reader slower than a run that saves every step and keeps one can lose many races in a row).
+    A step the caller named is never swapped for another."""
     vanished: list[int] = []
-    for _ in range(READ_ATTEMPTS):
+    deadline = time.monotonic() + READ_PATIENCE_S
+    while not vanished or time.monotonic() < deadline:
         checkpointer, step = open_step(path, skip=tuple(vanished))
         try:
             return read(checkpointer, step)
@@ -388,8 +391,10 @@ def read_newest(path: str | Path, read: Any) -> Any:
             vanished.append(step)
         finally:
             checkpointer.close()
-    raise CheckpointVanishedError(f"Steps {vanished} of {path} were each deleted while being read; is a run with "
-                                  "save_num_checkpoints_to_keep=1 saving very often? Read it again, or copy a step.")
+    shown = f"{vanished}" if len(vanished) <= 6 else f"[{vanished[0]}, {vanished[1]}, ..., {vanished[-1]}]"
+    raise CheckpointVanishedError(f"Steps {shown} of {path} ({len(vanished)} in {READ_PATIENCE_S:.0f} s) were each "
+                                  "deleted while being read; is a run with save_num_checkpoints_to_keep=1 saving very "
+                                  "often? Read it again, or copy a step.")
 
 
 def load_params(path: str | Path) -> tuple[ModelConfig, Any, dict[str, Any]]:
