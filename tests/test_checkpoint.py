@@ -12,7 +12,18 @@ from conftest import tiny_config
 from olmo_jax.errors import CheckpointError, CheckpointVanishedError
 from olmo_jax.model.transformer import init_params
 from olmo_jax.train import checkpoint as checkpoint_module
-from olmo_jax.train.checkpoint import Checkpointer, load_params, open_step, read_newest, resolve, save_params
+from olmo_jax.train.checkpoint import (
+    LEASE_S,
+    LEASES,
+    Checkpointer,
+    lease,
+    leased_steps,
+    load_params,
+    open_step,
+    read_newest,
+    resolve,
+    save_params,
+)
 
 
 @pytest.fixture
@@ -86,6 +97,35 @@ def test_a_reader_outrun_many_times_keeps_taking_the_newest_step(saved: tuple[Pa
     tried.clear()
     with pytest.raises(CheckpointVanishedError, match="step 3 vanished"):  # a step the caller named is not swapped
         read_newest(run / "checkpoints" / "3", outrun(1))
+    writer.close()
+
+
+def test_a_leased_step_outlives_rotation_until_released(tmp_path: Path) -> None:
+    """A keep-1 writer keeps the step a reader holds a lease on, and rotates it away at its first save after the
+    release; a dead reader's lease (not refreshed for LEASE_S) holds nothing and is removed when 10 times that old."""
+    import os
+    import time
+
+    config = tiny_config()
+    params = init_params(config, jax.random.key(0))
+    root = tmp_path / "checkpoints"
+    writer = Checkpointer(root, max_to_keep=1, async_save=False)
+
+    def save(step: int) -> list[str]:
+        writer.save(step, params, {"model": config, "step": step})
+        return sorted(p.name for p in root.iterdir() if p.name.isdigit())
+
+    save(1)
+    with lease(root, 1) as held:
+        assert held and leased_steps(root) == {1}
+        assert save(2) == ["1", "2"] and save(3) == ["1", "3"]
+    assert leased_steps(root) == set() and save(4) == ["4"]
+    dead = root / LEASES / "4.otherhost.123.abcd1234"
+    dead.touch()
+    os.utime(dead, (time.time() - 2 * LEASE_S,) * 2)
+    assert save(5) == ["5"] and dead.exists()
+    os.utime(dead, (time.time() - 11 * LEASE_S,) * 2)
+    assert leased_steps(root) == set() and not dead.exists()
     writer.close()
 
 

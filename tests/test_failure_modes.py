@@ -268,6 +268,7 @@ def test_readers_of_a_live_run_never_fail(tokens: Path, tmp_path: Path) -> None:
                              "reset_optimizer_state=True")) == 1
         assert writer.poll() is None, "the writer died"
         assert steps == sorted(steps) and steps[-1] > steps[0]  # the run moved on while it was read
+        assert list((run_dir / "checkpoints" / ".readers").iterdir()) == []  # every reader released its lease
     finally:
         writer.kill()
         writer.wait()

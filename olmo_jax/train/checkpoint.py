@@ -15,8 +15,12 @@ What is guaranteed:
   olmo_jax/train/resume.py). Checkpoints written before olmo_jax 0.2 carry no checksums and are restored unverified.
 - A failed save (a full disk, a lost mount) ends the run with `CheckpointError` naming the step, the folder and the
   last complete checkpoint, whether it fails at once or in the background (`check`).
-- Readers (`open_step`, `load_params`) never write and never clean up; a step that vanishes while they read it (the
-  live run rotated it away) is `CheckpointVanishedError`, and `load_params` then reads the newest step left.
+- Readers (`open_step`, `load_params`) never change a checkpoint and never clean up. A reader through `read_newest`
+  (eval, generate, the converters, `load_path`) claims its step with a small lease file under
+  `<checkpoints>/.readers/` (where it may write), and a writer keeps every leased step beyond `max_to_keep` until
+  the lease is released, so a live run does not rotate a step away while it is read. A step that vanishes anyway (an
+  older writer, a reader that cannot write there) is `CheckpointVanishedError`, and the reader takes the newest step
+  left.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ import importlib.metadata
 import os
 import re
 import shutil
+import socket
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +53,8 @@ ITEMS = ("params", "opt_state", "meta")
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written: `<step>.orbax-checkpoint-tmp[-...]`
 READ_ATTEMPTS = 5  # how many times a listing is retried when a step vanishes mid-listing
 READ_PATIENCE_S = 60.0  # how long a reader keeps taking the newest step when the ones it picked vanish
+LEASES = ".readers"  # <checkpoints>/.readers/<step>.<host>.<pid>.<id>: a reader's claim on a step
+LEASE_S = 120.0  # a lease not refreshed for this long is a dead reader's: ignored, and removed after 10 times that
 
 
 def package_versions() -> dict[str, str]:
@@ -92,7 +102,9 @@ class Checkpointer:
                 create=False,  # made above, with a clear error when it cannot be
                 cleanup_tmp_directories=False,  # done above, synchronously: no background thread outlives an error
                 enable_async_checkpointing=async_save,
-                preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep) if max_to_keep else None,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                    [ocp.checkpoint_managers.LatestN(n=max_to_keep), KeepLeased(self.directory)])
+                if max_to_keep else None,
             )
         self._manager = _scan(lambda: ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS),
                               self.directory)
@@ -287,6 +299,68 @@ def _quiet_abandoned_reads() -> None:
     gc.collect()
 
 
+class KeepLeased:
+    """Orbax preservation policy: keep the steps that readers hold leases on (`lease`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        held = leased_steps(self.directory)
+        return [info.step in held for info in checkpoints]
+
+
+def leased_steps(directory: Path) -> set[int]:
+    """The steps under `directory` with a live reader's lease; a dead reader's old leases are removed."""
+    held: set[int] = set()
+    try:
+        entries = list(os.scandir(directory / LEASES))
+    except OSError:
+        return held
+    now = time.time()
+    for entry in entries:
+        step = entry.name.split(".")[0]
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:  # released meanwhile
+            continue
+        if age < LEASE_S and step.isdigit():
+            held.add(int(step))
+        elif age > 10 * LEASE_S:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    return held
+
+
+@contextlib.contextmanager
+def lease(directory: Path, step: int) -> Iterator[bool]:
+    """Hold a lease on `step` of the checkpoints in `directory` while the block reads it (refreshed in the
+    background); yields whether it could be taken (not where the reader cannot write: then it reads unprotected)."""
+    path = directory / LEASES / f"{step}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.touch(exist_ok=False)
+    except OSError:
+        yield False
+        return
+    done = threading.Event()
+
+    def refresh() -> None:
+        while not done.wait(LEASE_S / 4):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    keeper = threading.Thread(target=refresh, name="olmo_jax-lease", daemon=True)
+    keeper.start()
+    try:
+        yield True
+    finally:
+        done.set()
+        keeper.join()
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def _vanishing(step_dir: Path, within_s: float = 3.0) -> bool:
     """Whether a step whose read failed is being deleted (a live run rotating it away, which takes a moment), rather
     than damaged: it is gone, or goes within `within_s` seconds."""
@@ -377,14 +451,18 @@ def open_step(path: str | Path, skip: tuple[int, ...] = ()) -> tuple[Checkpointe
 def read_newest(path: str | Path, read: Any) -> Any:
     """`read(checkpointer, step)` on the newest complete step under `path` (or the step directory `path`); if that
     step is deleted while being read (a live run rotated it away), on the newest step left, for up to
-    READ_PATIENCE_S (a reader slower than a run that saves every step and keeps one can lose many races in a row).
-    A step the caller named is never swapped for another."""
+    READ_PATIENCE_S. The step is leased while it is read (`lease`), so a writer of this version keeps it; without
+    the lease (an older writer, a folder the reader cannot write in), a reader slower than a run that saves every
+    step and keeps one can lose many races in a row. A step the caller named is never swapped for another."""
     vanished: list[int] = []
     deadline = time.monotonic() + READ_PATIENCE_S
     while not vanished or time.monotonic() < deadline:
         checkpointer, step = open_step(path, skip=tuple(vanished))
         try:
-            return read(checkpointer, step)
+            with lease(checkpointer.directory, step):
+                if not (checkpointer.directory / str(step)).is_dir():  # rotated away before the lease was taken
+                    raise CheckpointVanishedError(f"Checkpoint step {step} is no longer in {checkpointer.directory}.")
+                return read(checkpointer, step)
         except CheckpointVanishedError:
             if resolve(path)[1] is not None:
                 raise
