@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.device_train_microbatch_size = 8
     c.max_grad_norm = 1.0  # global gradient-norm clipping threshold, OLMo's min(1, max/(norm+1e-6)) (OLMo-1B.yaml: 1.0)
     c.softmax_auxiliary_loss = False  # add OLMo's z-loss, 1e-4 · mean(logsumexp²) (OLMo-1B.yaml: off)
+    # the summed cross-entropy is divided by the batch's B·(T−1) "targets", as the ai2-olmo ≤ 0.3.0 code that
+    # trained OLMo-1B did, or by its B·T "tokens", as ai2-olmo ≥ 0.4.0 does (a loss (T−1)/T as large) (ours)
+    c.loss_normalization = "targets"
     # the run directory: checkpoints/, metrics.jsonl, tensorboard/, train_config.json (OLMo: save_folder)
     c.save_folder = "runs/olmo-1b"
     c.save_interval = 1000  # checkpoint every this many steps, and at the end (recipe: --save_interval=1000)

@@ -33,6 +33,7 @@ from olmo_jax.parallel.config import DistributedConfig, MeshConfig
 from olmo_jax.train.config import OptimizerConfig, SchedulerConfig, SpikeGuardConfig, WandbConfig
 
 Precision = Literal["amp_bf16", "fp32"]
+LossNormalization = Literal["targets", "tokens"]
 DTYPE_OF_PRECISION: dict[str, str] = {"amp_bf16": "bfloat16", "fp32": "float32"}  # OLMo's names → compute dtype
 RUN_KEYS_UNDER_MODEL = ("attention_impl", "remat")  # config keys under model. that are RunOptions
 CONFIG_KEYS_DOC = "docs/configuration.md"  # where every --config.* key is listed (tools/config_reference.py)
@@ -60,6 +61,7 @@ class TrainConfig:
     device_train_microbatch_size: int
     max_grad_norm: float | None
     softmax_auxiliary_loss: bool
+    loss_normalization: LossNormalization
     save_folder: str
     save_interval: int
     save_num_checkpoints_to_keep: int
@@ -88,6 +90,9 @@ class TrainConfig:
             )
         if self.stop_at is not None and not 0 < self.stop_at <= self.max_duration:
             raise ConfigError(f"stop_at={self.stop_at} must be in [1, max_duration={self.max_duration}].")
+        if self.loss_normalization not in LossNormalization.__args__:
+            raise ConfigError(f"loss_normalization={self.loss_normalization!r} must be 'targets' (B·(T−1), ai2-olmo "
+                              "≤ 0.3.0, which trained OLMo-1B) or 'tokens' (B·T, ai2-olmo ≥ 0.4.0).")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm={self.max_grad_norm} must be positive, or None for no clipping.")
         labels = [e.label for e in self.evaluators]

@@ -27,9 +27,10 @@ def reference_loss_sums(model: OLMo, params: dict, input_ids: jax.Array) -> Loss
     return LossSums((lse - target).sum(), jnp.square(lse).sum())
 
 
-def _step(config, chunk: int = 16, z_loss: bool = False, lr: float = 1e-2, options: RunOptions | None = None):
+def _step(config, chunk: int = 16, z_loss: bool = False, lr: float = 1e-2, options: RunOptions | None = None,
+          per_token: bool = False):
     opt = make_optimizer(optimizer_config(learning_rate=lr), SCHED, 50, 1.0)
-    fn = jax.jit(make_train_step(OLMo(config, options or RunOptions()), opt, chunk, z_loss))
+    fn = jax.jit(make_train_step(OLMo(config, options or RunOptions()), opt, chunk, z_loss, per_token=per_token))
     return fn, init_state(config, opt, jax.random.key(0))
 
 
@@ -65,6 +66,20 @@ def test_loss_is_the_mean_over_all_targets() -> None:
     sums = reference_loss_sums(OLMo(config), state.params, batch[0])
     np.testing.assert_allclose(metrics["train/loss"], sums.ce / (4 * 19), rtol=1e-6)
     np.testing.assert_allclose(metrics["train/z_loss"], Z_LOSS_WEIGHT * sums.z / (4 * 19), rtol=1e-6)
+
+
+def test_per_token_normalisation_divides_by_every_position() -> None:
+    """loss_normalization="tokens" (ai2-olmo ≥ 0.4.0): the same sums over B·T, also for the z-loss, whichever way
+    the batch is cut into microbatches."""
+    config = tiny_config()
+    batch = _batch((1, 4, 20))
+    sums = reference_loss_sums(OLMo(config), init_state(config, make_optimizer(
+        optimizer_config(learning_rate=1e-2), SCHED, 50, 1.0), jax.random.key(0)).params, batch[0])
+    for shape in ((1, 4, 20), (2, 2, 20)):
+        step, state = _step(config, z_loss=True, per_token=True)
+        _, metrics = step(state, batch.reshape(shape))
+        np.testing.assert_allclose(metrics["train/loss"], sums.ce / (4 * 20), rtol=1e-6)
+        np.testing.assert_allclose(metrics["train/z_loss"], Z_LOSS_WEIGHT * sums.z / (4 * 20), rtol=1e-6)
 
 
 @pytest.mark.slow

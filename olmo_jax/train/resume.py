@@ -91,12 +91,14 @@ class StateSource:
 def optimizer_settings(config: dict[str, Any]) -> dict[str, Any]:
     """What decides each AdamW update, from a run's config in the config files' layout (TrainConfig.to_dict(), or
     the record of a checkpoint, also of olmo_jax 0.1): the optimizer and scheduler sections with the schedule's
-    effective length (scheduler.t_max, else max_duration), the clipping threshold and the z-loss switch."""
+    effective length (scheduler.t_max, else max_duration), the clipping threshold, the z-loss switch and the loss
+    normalisation (absent from earlier checkpoints: then "targets", the only one there was)."""
     scheduler = dict(config.get("scheduler") or {})
     scheduler["t_max"] = scheduler.get("t_max") or config.get("max_duration")
     settings = {"optimizer": config.get("optimizer"), "scheduler": scheduler,
                 "max_grad_norm": config.get("max_grad_norm"),
-                "softmax_auxiliary_loss": config.get("softmax_auxiliary_loss")}
+                "softmax_auxiliary_loss": config.get("softmax_auxiliary_loss"),
+                "loss_normalization": config.get("loss_normalization") or "targets"}
     return json.loads(json.dumps(settings))  # tuples and lists compare alike, as they come back from JSON
 
 

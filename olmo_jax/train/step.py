@@ -1,9 +1,11 @@
 """The train state, the pure `train_step(state, batch) -> (state, metrics)`, and that step jitted for a mesh.
 
-Loss normalisation (docs/olmo_facts.md §3.2): the loss is the true mean cross-entropy over the global batch's
-B·(T−1) target tokens. That is what the 2024-02 OLMo code that trained the released OLMo-1B optimised (HEAD divides
-by B·T instead, a constant 2047/2048 smaller) and what HF reports; with no masking it does not depend on how the
-batch is split into microbatches or devices.
+Loss normalisation (docs/olmo_facts.md §3.2): by default the loss is the true mean cross-entropy over the global
+batch's B·(T−1) target tokens. That is what the 2024-02 OLMo code that trained the released OLMo-1B optimised
+(ai2-olmo ≤ 0.3.0) and what HF reports. `per_token` divides the same sum by B·T instead, as ai2-olmo ≥ 0.4.0 does (a
+constant (T−1)/T smaller: 2047/2048 at T = 2048), for continuing runs of those versions with their losses
+(config key `loss_normalization`). Either way, with no masking, the loss does not depend on how the batch is split
+into microbatches or devices.
 
 The optional loss-spike guard (`SpikeGuard`, in the spirit of OLMo-core's SkipStepAdamW): a step whose loss is far
 above the recent ones, or whose gradient norm is exactly 0, applies no update; the batch is consumed all the same.
@@ -76,10 +78,10 @@ def new_state(params: Any, optimizer: optax.GradientTransformation, guard_window
 
 def make_train_step(
     model: OLMo, optimizer: optax.GradientTransformation, loss_chunk: int, z_loss: bool,
-    guard: SpikeGuard | None = None,
+    guard: SpikeGuard | None = None, per_token: bool = False,
 ) -> Callable[[TrainState, Array], tuple[TrainState, dict[str, Array]]]:
     """Bind the model (with its run options), the optimizer and the spike guard (None: off); the returned function
-    has no Python branches on config.
+    has no Python branches on config. `per_token`: divide the summed losses by B·T rather than B·(T−1).
 
     batch: int32 [A, M, T], A microbatches of M rows, accumulated inside the compiled step.
     """
@@ -93,7 +95,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Array) -> tuple[TrainState, dict[str, Array]]:
         a, m, t = batch.shape
-        n_targets = a * m * (t - 1)
+        n_targets = a * m * (t if per_token else t - 1)  # the divisor: B·T "tokens" or B·(T−1) "targets"
 
         def microbatch(carry: tuple[Any, Array, Array], input_ids: Array) -> tuple[tuple[Any, Array, Array], None]:
             grads, ce, z = carry
@@ -163,7 +165,8 @@ class JittedStep(NamedTuple):
 
 
 def jit_train_step(config: ModelConfig, options: RunOptions, optimizer: optax.GradientTransformation,
-                   loss_chunk: int, z_loss: bool, mesh: Mesh, guard: SpikeGuard | None = None) -> JittedStep:
+                   loss_chunk: int, z_loss: bool, mesh: Mesh, guard: SpikeGuard | None = None,
+                   per_token: bool = False) -> JittedStep:
     """Bind the model, optimizer and spike guard and jit the step for `mesh` (FSDP state, batch split over devices,
     state donated). The attention implementation is checked here, before tracing, so that a bad choice is one
     ConfigError rather than an error deep inside the trace."""
@@ -172,7 +175,7 @@ def jit_train_step(config: ModelConfig, options: RunOptions, optimizer: optax.Gr
     abstract = jax.eval_shape(lambda k: init_state(config, optimizer, k, window), jax.random.key(0))
     state_shardings = tree_shardings(mesh, abstract)
     batch = batch_sharding(mesh)
-    step_fn = make_train_step(OLMo(config, options), optimizer, loss_chunk, z_loss, guard)
+    step_fn = make_train_step(OLMo(config, options), optimizer, loss_chunk, z_loss, guard, per_token)
     train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch), out_shardings=(state_shardings, None),
                          donate_argnums=0)
     init = jax.jit(lambda k: init_state(config, optimizer, k, window), out_shardings=state_shardings)

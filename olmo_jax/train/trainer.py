@@ -73,7 +73,7 @@ def make_step(config: TrainConfig, mesh: Mesh) -> JittedStep:
     g = config.loss_spike_guard
     guard = SpikeGuard(g.window, g.sigma, g.max_skips) if g.enabled else None
     return jit_train_step(config.model, config.run, optimizer, config.loss_chunk_size, config.softmax_auxiliary_loss,
-                          mesh, guard)
+                          mesh, guard, per_token=config.loss_normalization == "tokens")
 
 
 def make_evaluators(config: TrainConfig) -> Evaluators | None:
