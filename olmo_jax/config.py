@@ -26,7 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from olmo_jax.data.config import DataConfig
-from olmo_jax.errors import ConfigError
+from olmo_jax.errors import ConfigError, OlmoJaxError
 from olmo_jax.eval.config import EvaluatorConfig
 from olmo_jax.model.config import ModelConfig, RunOptions
 from olmo_jax.parallel.config import DistributedConfig, MeshConfig
@@ -199,9 +199,11 @@ def config_dict(path: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
     Python literal when it parses as one (`'--config.optimizer.betas=(0.9, 0.99)'`); keys that default to None take
     values of their declared type (`--config.stop_at=100`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist; the shipped ones are configs/tiny.py and configs/1b.py.")
+    file, colon, _ = str(path).partition(".py:")  # ml_collections: FILE.py:ARGUMENT passes get_config a value
+    file = Path(file + ".py") if colon else Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Config file {file} does not exist; the shipped ones are configs/tiny.py, configs/1b.py "
+                          "and configs/olmo_yaml.py.")
     argv = ["olmo_jax", f"--config={path}", *(o if o.startswith("--") else f"--config.{o}" for o in overrides)]
     flag_values = flags.FlagValues()
     # sys_argv: config_flags defines a flag for each override it finds there (by default in sys.argv).
@@ -219,6 +221,8 @@ def config_dict(path: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
         raise ConfigError(_one_line(e)) from e
     except (OSError, SyntaxError, ImportError, NameError) as e:  # the config file itself fails to load
         raise ConfigError(f"Config file {path} could not be loaded ({type(e).__name__}: {_one_line(e)}).") from e
+    except OlmoJaxError as e:  # a config file that reads another format (configs/olmo_yaml.py) and found it wanting
+        raise ConfigError(f"Config file {path}: {e}") from e
 
 
 def _one_line(error: BaseException) -> str:

@@ -132,3 +132,22 @@ def from_legacy_opt_state(legacy: Any, like: Any, schedule: optax.Schedule) -> A
     new = injected._replace(count=count, hyperparams={"learning_rate": lr}, hyperparams_states=counts,
                             inner_state=(adam, masked, injected.inner_state[2]))
     return new if injected is like else (*legacy[:-1], new)
+
+
+def adam_moments(opt_state: Any) -> tuple[Any, Any, jax.Array]:
+    """(mu, nu, count) of the AdamW in `make_optimizer`'s state: torch's exp_avg, exp_avg_sq and step."""
+    adam = _injected(opt_state).inner_state[0]
+    return adam.mu, adam.nu, adam.count
+
+
+def with_adam_moments(like: Any, mu: Any, nu: Any, count: int, schedule: optax.Schedule) -> Any:
+    """`make_optimizer`'s state `like` holding these moments after `count` updates (a torch AdamW's state at that
+    step), with the LR of the last update recorded as inject_hyperparams does."""
+    injected = _injected(like)
+    adam, masked, last = injected.inner_state
+    adam = adam._replace(count=jnp.asarray(count, adam.count.dtype), mu=mu, nu=nu)
+    lr = jnp.asarray(schedule(max(count - 1, 0)), injected.hyperparams["learning_rate"].dtype)
+    counts = jax.tree.map(lambda c: jnp.asarray(count, c.dtype), injected.hyperparams_states)
+    new = injected._replace(count=jnp.asarray(count, injected.count.dtype), hyperparams={"learning_rate": lr},
+                            hyperparams_states=counts, inner_state=(adam, masked, last))
+    return new if injected is like else (*like[:-1], new)

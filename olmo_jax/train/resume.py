@@ -29,7 +29,22 @@ from olmo_jax.model.config import ModelConfig
 from olmo_jax.model.hf import load_hf
 from olmo_jax.model.transformer import param_shapes
 from olmo_jax.train.checkpoint import Checkpointer, read_newest
-from olmo_jax.train.optim import OPT_STATE_LAYOUT, from_legacy_opt_state, legacy_opt_state
+from olmo_jax.train.config import OptimizerConfig
+from olmo_jax.train.olmo_native import (
+    decayed_names,
+    fetch_olmo_checkpoint,
+    is_olmo_checkpoint,
+    is_url,
+    map_olmo_config,
+    read_olmo_checkpoint,
+)
+from olmo_jax.train.optim import (
+    OPT_STATE_LAYOUT,
+    decay_mask,
+    from_legacy_opt_state,
+    legacy_opt_state,
+    with_adam_moments,
+)
 from olmo_jax.train.step import GuardState, JittedStep, TrainState, fresh_guard, new_state
 
 # Architecture fields that change what the model computes without changing parameter shapes: compared for every
@@ -86,6 +101,7 @@ class StateSource:
     allow_optimizer_change: bool
     init_fn: str
     seed: int
+    batches_per_epoch: int | None = None  # of the run's data: where an OLMo checkpoint's data position lies
 
 
 def optimizer_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +163,9 @@ def initial_state(source: StateSource, jitted: JittedStep, checkpointer: Checkpo
             "Nothing was changed. Move the damaged steps away to start this run again from scratch, or use a new "
             "save_folder.")
     if source.load_path:
-        path = Path(source.load_path)
+        path = fetch_olmo_checkpoint(source.load_path) if is_url(source.load_path) else Path(source.load_path)
+        if is_olmo_checkpoint(path):
+            return Start(*restore_olmo(source, jitted, path, schedule))
         if (path / "config.json").exists():  # a Hugging Face directory: weights only
             hf_config, params = load_hf(path)
             check_compatible(hf_config, None, source.model, source.fingerprint, source.allow_mismatch, True, path,
@@ -195,6 +213,70 @@ def restore(source: StateSource, jitted: JittedStep, checkpointer: Checkpointer,
     guard = jax.device_put(saved_guard(meta, abstract.guard.recent.shape[0]), jitted.state_shardings.guard)
     state = TrainState(jnp.asarray(step, jnp.int32), params, opt_state, jnp.asarray(True), guard)
     return state, f"{'resumed from' if resuming else 'loaded the full state of'} {where}"
+
+
+def restore_olmo(source: StateSource, jitted: JittedStep, path: Path,
+                 schedule: optax.Schedule) -> tuple[TrainState, str]:
+    """The full state of an OLMo unsharded checkpoint (load_path; docs/olmo-exchange.md): its weights, Adam moments
+    and step, after checking that its config.yaml describes this run (architecture, data, optimizer, loss
+    normalisation, decay groups) and that its data position is this run's position at that step. With
+    reset_optimizer_state, its weights alone at step 0."""
+    where = path / "config.yaml"
+    olmo = read_olmo_checkpoint(path, weights_only=source.reset_optimizer_state,
+                                batches_per_epoch=source.batches_per_epoch)
+    fix = "Use a config derived from its config.yaml (--config=configs/olmo_yaml.py:" + str(where) + ")"
+    if source.reset_optimizer_state:
+        check_compatible(olmo.model, None, source.model, source.fingerprint, source.allow_mismatch, True, path,
+                         "Use a config matching its model section")
+        return (fresh_optimizer(olmo.params, jitted),
+                f"loaded the weights of OLMo checkpoint {path} (new optimizer state, step 0)")
+    mapped = map_olmo_config(olmo.olmo_config, str(where))
+    nested: dict[str, Any] = {}
+    for key, value in mapped.overrides.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    saved_data = {"seed": nested["data"]["seed"] if nested["data"]["seed"] is not None else nested["seed"],
+                  "global_train_batch_size": nested["global_train_batch_size"],
+                  "files": [Path(p).name for p in nested["data"]["paths"]]}
+    ours = {"seed": source.fingerprint.get("seed"),
+            "global_train_batch_size": source.fingerprint.get("global_train_batch_size"),
+            "files": [Path(str(p)).name for p in source.fingerprint.get("paths", [])]}
+    check_compatible(olmo.model, None, source.model, source.fingerprint, source.allow_mismatch, False, path, fix)
+    data_changes = [f"data {k}: {saved_data[k]!r} vs {ours[k]!r}" for k in ours if saved_data[k] != ours[k]]
+    if data_changes and not source.allow_mismatch:
+        raise TrainingError(f"{path} was made for other data (checkpoint vs config):\n  - " + "\n  - ".join(
+            data_changes) + f"\n{fix}, or set --config.allow_resume_mismatch=True to continue anyway.")
+    saved = optimizer_settings(nested)
+    notes = ""
+    if mapped.notes:
+        saved["loss_normalization"] = source.optimizer.get("loss_normalization")  # unknown: the run's choice
+        notes = " (" + " ".join(mapped.notes) + ")"
+    changed = optimizer_differences(saved, source.optimizer)
+    if changed and not source.allow_optimizer_change:
+        raise TrainingError(
+            f"{path} was trained with other optimizer settings (checkpoint vs config):\n  - " + "\n  - ".join(changed)
+            + f"\n{fix}, or set --config.allow_optimizer_change=True if the change is deliberate.")
+    ours_decay = decayed_names(olmo.model, decay_mask(olmo.params, OptimizerConfig(**source.optimizer["optimizer"])))
+    if ours_decay != olmo.decayed:
+        raise TrainingError(
+            f"{path}/optim.pt decays other parameters than this run's optimizer settings: it decays "
+            f"{sorted(olmo.decayed - ours_decay)[:4]} more and {sorted(ours_decay - olmo.decayed)[:4]} less. Set "
+            "optimizer.decay_embeddings / optimizer.decay_norm_and_bias to match it.")
+    gbs = source.fingerprint.get("global_train_batch_size")
+    if source.batches_per_epoch is not None and olmo.examples_seen != olmo.step * gbs:
+        raise TrainingError(
+            f"{path}/train.pt is at step {olmo.step} with {olmo.examples_seen:,} examples seen (epoch {olmo.epoch}), "
+            f"but this run reaches step {olmo.step} after {olmo.step * gbs:,} (a batch size changed mid-run, or "
+            "fast_forward_batches was used), so the next batch would not be OLMo's. Not supported: continue it "
+            "with OLMo's trainer, or load its weights alone with --config.reset_optimizer_state=True.")
+    fresh = fresh_optimizer(olmo.params, jitted)
+    opt_state = jax.jit(lambda s, mu, nu: with_adam_moments(s, mu, nu, olmo.step, schedule),
+                        out_shardings=jitted.state_shardings.opt_state)(fresh.opt_state, olmo.mu, olmo.nu)
+    state = fresh._replace(step=jnp.asarray(olmo.step, jnp.int32), opt_state=opt_state)
+    return state, f"loaded the full state of OLMo checkpoint {path} (step {olmo.step}){notes}"
 
 
 def saved_guard(meta: dict[str, Any], window: int) -> GuardState:

@@ -163,7 +163,7 @@ class Run:
         c = self.config
         return StateSource(c.model, self.fingerprint, optimizer_settings(c.to_dict()), c.load_path,
                            c.reset_optimizer_state, c.allow_resume_mismatch, c.allow_optimizer_change, c.model.init_fn,
-                           c.seed)
+                           c.seed, self.batches.batches_per_epoch)
 
     def save(self, state: TrainState, step: int) -> None:
         meta = {

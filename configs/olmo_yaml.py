@@ -1,0 +1,49 @@
+"""A run described by an OLMo config.yaml: configs/1b.py with every key the YAML sets (model, optimizer, scheduler,
+batch sizes, seed, data, max_duration, precision, loss normalisation) taken from it.
+
+    python -m olmo_jax.train --config=configs/olmo_yaml.py:runs/olmo/step1000-unsharded \\
+        --config.load_path=runs/olmo/step1000-unsharded --config.save_folder=runs/continued
+
+The argument after the colon is an OLMo config.yaml or a checkpoint directory holding one. OLMo options olmo_jax
+cannot reproduce are refused, each named (olmo_jax/train/olmo_native.py `map_olmo_config`); `--config.*` overrides
+still apply on top. Without an argument this is configs/1b.py. docs/olmo-exchange.md says what carries over.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import ml_collections
+
+
+def _base() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("olmo_jax_config_1b", Path(__file__).with_name("1b.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(yaml_path: str | None = None) -> ml_collections.ConfigDict:
+    c = _base()
+    if not yaml_path:
+        return c
+    from olmo_jax.train.olmo_native import CONFIG_FILE, map_olmo_config, read_config_yaml
+
+    path = Path(yaml_path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() or path.name == CONFIG_FILE:
+        olmo = read_config_yaml(folder)
+    else:
+        import yaml
+
+        olmo = yaml.safe_load(path.read_text())
+    mapped = map_olmo_config(olmo, str(path))
+    for key, value in mapped.overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    for note in mapped.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return c
