@@ -18,6 +18,7 @@ from olmo_jax.errors import ConversionError
 from olmo_jax.model.transformer import param_shapes
 from olmo_jax.train.checkpoint import Checkpointer, package_versions, read_newest
 from olmo_jax.train.olmo_native import (
+    adamw_group_settings,
     decayed_names,
     fetch_olmo_checkpoint,
     is_url,
@@ -110,11 +111,10 @@ def export_to_olmo(checkpoint: str | Path, output: str | Path) -> tuple[Path, st
     epoch, seen = examples_position(step, gbs, batches_per_epoch_of(meta.get("data_fingerprint"), gbs))
     olmo_config = to_olmo_config(run.to_dict(), save_folder=str(Path(output).absolute()))
     decayed = decayed_names(model, decay_mask(params, run.optimizer))
-    settings = {"betas": tuple(run.optimizer.betas), "eps": run.optimizer.eps,
-                "weight_decay": run.optimizer.weight_decay, "amsgrad": False, "maximize": False, "foreach": None,
-                "capturable": False, "differentiable": False, "fused": None,
-                "initial_lr": run.optimizer.learning_rate, "max_grad_norm": run.max_grad_norm,
-                "max_grad_norm_ratio": None, "sharded": False}
+    settings = adamw_group_settings(run.optimizer.learning_rate, tuple(run.optimizer.betas), run.optimizer.eps,
+                                    run.optimizer.weight_decay) | {
+        "initial_lr": run.optimizer.learning_rate, "max_grad_norm": run.max_grad_norm, "max_grad_norm_ratio": None,
+        "sharded": False}
     last_lr = float(olmo_lr(run.scheduler, run.optimizer.learning_rate, max(step, 1), run.max_duration))
     note = ""
     if opt_state is None:

@@ -544,26 +544,37 @@ def _broadcast_like_params(model: ModelConfig, tree: Any) -> Any:
     return jax.tree.map(lambda v, z: np.broadcast_to(v, z.shape), tree, _zeros_like_params(model))
 
 
+def adamw_group_settings(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict[str, Any]:
+    """The fields of a param group of this torch's AdamW (they vary by torch version), as its state_dict has them."""
+    torch = torch_module()
+    return dict(torch.optim.AdamW([torch.zeros(1)], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay).defaults)
+
+
 def _rng_states(torch: Any, olmo_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Python, NumPy and torch RNG states seeded from the run's seed, in train.pt's layout (OLMo restores them when
-    the world size is unchanged; OLMo-1B draws nothing from them: it has no dropout)."""
+    """Python, NumPy, torch and CUDA RNG states seeded from the run's seed, in train.pt's layout (OLMo restores them
+    when the world size is unchanged; OLMo-1B draws nothing from them: it has no dropout). Only plain types and
+    tensors, so the file loads with torch's weights_only under NumPy 1 and 2 alike."""
     import random
 
     seed = int(olmo_config.get("seed", 0))
-    return {"python": random.Random(seed).getstate(), "numpy": np.random.RandomState(seed).get_state(),
-            "torch": torch.Generator().manual_seed(seed).get_state(), "cuda": None, "mps": None}
+    cuda = torch.from_numpy(np.array([seed, 0], np.int64).view(np.uint8).copy())  # a CUDA generator: seed, offset
+    name, keys, pos, has_gauss, gauss = np.random.RandomState(seed).get_state()
+    numpy_state = (name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss))  # no ndarray: no NumPy
+    return {"python": random.Random(seed).getstate(), "numpy": numpy_state,  # globals, whichever NumPy reads it
+            "torch": torch.Generator().manual_seed(seed).get_state(), "cuda": cuda}
 
 
 def to_olmo_config(config: Mapping[str, Any], save_folder: str | None = None) -> dict[str, Any]:
     """Our run's config (TrainConfig.to_dict() layout) → an OLMo config.yaml (keys every ai2-olmo ≥ 0.4 TrainConfig
     has; OLMo fills the rest with its defaults). A run with loss_normalization 'tokens' is marked as ≥ 0.4.0
-    (`distributed_strategy`), one with 'targets' as ≤ 0.3.0, so an import of it chooses the same normalisation."""
+    (`distributed_strategy: fsdp`), one with 'targets' as ≤ 0.3.0, so an import of it chooses the same normalisation."""
     m, o, sch, data = config["model"], config["optimizer"], config["scheduler"], config["data"]
     model = {
         "d_model": m["d_model"], "n_heads": m["n_heads"], "n_kv_heads": m["n_kv_heads"], "clip_qkv": m["clip_qkv"],
         "n_layers": m["n_layers"], "mlp_ratio": m["mlp_ratio"], "mlp_hidden_size": m["mlp_hidden_size"],
         "activation_type": "swiglu", "block_type": "sequential", "alibi": False, "rope": True,
-        "rope_full_precision": True, "rope_theta": m["rope_theta"], "flash_attention": False,
+        "rope_full_precision": True, "flash_attention": False,
+        "rope_theta": int(m["rope_theta"]) if float(m["rope_theta"]).is_integer() else m["rope_theta"],  # int in OLMo
         "attention_dropout": 0.0, "multi_query_attention": False, "attention_layer_norm": False,
         "residual_dropout": 0.0, "embedding_dropout": 0.0, "layer_norm_type": "default",
         "layer_norm_with_affine": False, "layer_norm_eps": m["layer_norm_eps"], "max_sequence_length":
@@ -591,10 +602,11 @@ def to_olmo_config(config: Mapping[str, Any], save_folder: str | None = None) ->
         "device_train_microbatch_size": config["device_train_microbatch_size"],
         "max_grad_norm": config["max_grad_norm"], "softmax_auxiliary_loss": config["softmax_auxiliary_loss"],
         "console_log_interval": config["console_log_interval"], "fsdp": {},
+        "tokenizer": {"identifier": config["tokenizer"], "truncate_direction": "right"},
         "save_folder": save_folder or config["save_folder"],
     }
     if tokens:
-        olmo["distributed_strategy"] = "ddp"
+        olmo["distributed_strategy"] = "fsdp"  # OLMo-1B's; with the fsdp section above
     return olmo
 
 
