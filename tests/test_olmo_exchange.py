@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from olmo_jax.config import load_config
+from olmo_jax.config import config_dict, load_config
 from olmo_jax.data.order import Batches
 from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.errors import ConversionError, TrainingError
 from olmo_jax.model.transformer import OLMo
-from olmo_jax.train.exchange import examples_position, export_to_olmo, import_from_olmo
+from olmo_jax.train.exchange import examples_position, export_to_olmo, import_from_olmo, local_checkpoint
 from olmo_jax.train.metrics import read_metrics
 from olmo_jax.train.olmo_native import load_pt, map_olmo_config, read_config_yaml, read_olmo_checkpoint
 from olmo_jax.train.trainer import train
@@ -122,7 +122,8 @@ def test_an_export_at_an_epoch_end_resumes_into_the_next_epoch(tmp_path: Path) -
     straight = tmp_path / "straight"
     longer = ("max_duration=64", "stop_at=64", "save_interval=62")  # the fixture's config.yaml says stop_at: 8
     train(_config(straight, *longer))
-    out, note = export_to_olmo(straight / "checkpoints" / "62", tmp_path / "olmo")
+    out, note = export_to_olmo(straight / "checkpoints" / "62", tmp_path / "olmo",
+                               config_dict(ROOT / "configs" / "1b.py").to_dict())
     assert note == ""
     trainer = _pt(out / "train.pt")
     assert (trainer["epoch"], trainer["global_step"], trainer["global_train_examples_seen_this_epoch"]) == (0, 62, 248)
@@ -212,9 +213,9 @@ def test_a_checkpoint_at_a_url_is_fetched_once(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("OLMO_JAX_CACHE", str(tmp_path / "cache"))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/step4-unsharded"
-        step_dir, _, step = import_from_olmo(url, tmp_path / "a")
+        step_dir, step = import_from_olmo(local_checkpoint(url), tmp_path / "a", _config(tmp_path / "a"))
         first = list(bodies)
-        import_from_olmo(url, tmp_path / "b")
+        import_from_olmo(local_checkpoint(url), tmp_path / "b", _config(tmp_path / "b"))
     finally:
         server.shutdown()
     assert step == 4 and step_dir.is_dir()

@@ -12,9 +12,13 @@ docs/olmo-exchange.md.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from olmo_jax import cli
-from olmo_jax.train.exchange import import_from_olmo
+from olmo_jax.config import load_config
+from olmo_jax.train.exchange import import_from_olmo, local_checkpoint
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "olmo_yaml.py"
 
 
 def parser() -> cli.ArgumentParser:
@@ -26,7 +30,9 @@ def parser() -> cli.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     args, _ = parser().parse_with_overrides(argv)
-    step_dir, config, step = import_from_olmo(args.checkpoint, args.output)
+    path = local_checkpoint(args.checkpoint)
+    config = load_config(f"{CONFIG}:{path}", [f"save_folder={Path(args.output).absolute()}"])
+    step_dir, step = import_from_olmo(path, args.output, config)
     print(f"wrote {step_dir} (step {step}, {config.model.num_params():,} parameters, "
           f"loss_normalization={config.loss_normalization})")
     return 0

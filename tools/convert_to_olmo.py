@@ -11,9 +11,13 @@ OLMo's trainer (`--load_path`) read. `--checkpoint` is a run directory (its newe
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from olmo_jax import cli
+from olmo_jax.config import config_dict
 from olmo_jax.train.exchange import export_to_olmo
+
+DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "1b.py"  # for keys older checkpoints lack
 
 
 def parser() -> cli.ArgumentParser:
@@ -25,7 +29,7 @@ def parser() -> cli.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     args, _ = parser().parse_with_overrides(argv)
-    out, note = export_to_olmo(args.checkpoint, args.output)
+    out, note = export_to_olmo(args.checkpoint, args.output, config_dict(DEFAULTS).to_dict())
     print(f"wrote {out}" + (f" ({note})" if note else ""))
     return 0
 

@@ -203,9 +203,12 @@ class Checkpointer:
         every array against the checksum saved with it.
 
         The shardings may differ from those at save time (a different mesh): Orbax reshards on read.
-        `abstract_opt_state=None` restores weights only.
+        `abstract_opt_state=None` restores weights only; `abstract_params=None` the optimizer state only (None
+        is returned for what is not restored).
         """
-        items = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
+        items = {"meta": ocp.args.JsonRestore()}
+        if abstract_params is not None:
+            items["params"] = ocp.args.StandardRestore(abstract_params)
         if abstract_opt_state is not None:
             if not (self.directory / str(step) / "opt_state").exists():
                 raise CheckpointError(
@@ -222,7 +225,7 @@ class Checkpointer:
                     raise CheckpointDamagedError(
                         f"Checkpoint step {step} in {self.directory} is damaged: {len(bad)} array(s) of {item} do not "
                         f"match the checksums saved with them, e.g. {bad[0]}. {self._fallback(step)}")
-        return restored["params"], restored.get("opt_state"), restored["meta"]
+        return restored.get("params"), restored.get("opt_state"), restored["meta"]
 
     def _restore(self, step: int, **items: Any) -> dict[str, Any]:
         where = self.directory / str(step)

@@ -24,7 +24,8 @@ import io
 import pathlib
 import pickle
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -255,46 +256,59 @@ def to_olmo_tensors(config: ModelConfig, tree: Any) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def from_olmo_tensors(config: ModelConfig, tensors: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """OLMo's named tensors (model.pt, or one Adam moment of optim.pt) → a tree shaped like our parameters."""
-    expected = {k: v.shape for k, v in to_olmo_tensors(config, _zeros_like_params(config)).items()}
-    found = {olmo_name(k): v for k, v in tensors.items()}
+def olmo_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """OLMo's tensor names for this model → their torch shapes."""
+    d, qkv = config.d_model, config.d_model + 2 * config.kv_heads * config.head_dim
+    shapes = {"transformer.wte.weight": (config.padded_vocab, d)}
+    for i in range(config.n_layers):
+        block = f"transformer.blocks.{i}"
+        shapes |= {f"{block}.att_proj.weight": (qkv, d), f"{block}.attn_out.weight": (d, d),
+                   f"{block}.ff_proj.weight": (2 * config.mlp_inner, d),
+                   f"{block}.ff_out.weight": (d, config.mlp_inner)}
+    if not config.weight_tying:
+        shapes["transformer.ff_out.weight"] = (config.padded_vocab, d)
+    return shapes
+
+
+def from_olmo_tensors(config: ModelConfig, tensors: dict[str, Any], where: str) -> dict[str, Any]:
+    """OLMo's named tensors (model.pt, or one Adam moment of optim.pt) → a tree shaped like our parameters. The dict
+    is consumed (emptied) as its tensors are converted, so a whole state never exists twice in memory."""
+    expected = olmo_shapes(config)
+    found = {olmo_name(k): tensors.pop(k) for k in list(tensors)}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ConversionError(f"{where} does not hold this model's tensors: missing {missing[:5]}"
                               f"{' …' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                               f"{' …' if len(unexpected) > 5 else ''}. Does config.yaml describe this checkpoint?")
-    arrays = {k: to_numpy(v) for k, v in found.items()}
     for name, shape in expected.items():
-        if arrays[name].shape != shape:
-            raise ConversionError(f"{where}: {name} has shape {arrays[name].shape}, but config.yaml implies {shape}.")
+        if tuple(found[name].shape) != shape:
+            raise ConversionError(f"{where}: {name} has shape {tuple(found[name].shape)}, but config.yaml implies "
+                                  f"{shape}.")
     d, kv, hidden = config.d_model, config.kv_heads * config.head_dim, config.mlp_inner
+
+    def take(name: str) -> np.ndarray:
+        return to_numpy(found.pop(name))
 
     def kernel(w: np.ndarray) -> dict[str, np.ndarray]:
         return {"kernel": np.ascontiguousarray(w.T)}
 
-    tree: dict[str, Any] = {"embed_tokens": {"embedding": arrays["transformer.wte.weight"]}}
+    tree: dict[str, Any] = {"embed_tokens": {"embedding": np.array(take("transformer.wte.weight"))}}
     for i in range(config.n_layers):
         block = f"transformer.blocks.{i}"
-        qkv = arrays[f"{block}.att_proj.weight"]
-        ff = arrays[f"{block}.ff_proj.weight"]
-        tree[f"layers_{i}"] = {
-            "self_attn": {"q_proj": kernel(qkv[:d]), "k_proj": kernel(qkv[d:d + kv]), "v_proj": kernel(qkv[d + kv:]),
-                          "o_proj": kernel(arrays[f"{block}.attn_out.weight"])},
-            "mlp": {"up_proj": kernel(ff[:hidden]), "gate_proj": kernel(ff[hidden:]),
-                    "down_proj": kernel(arrays[f"{block}.ff_out.weight"])},
-        }
+        qkv = take(f"{block}.att_proj.weight")
+        attn = {"q_proj": kernel(qkv[:d]), "k_proj": kernel(qkv[d:d + kv]), "v_proj": kernel(qkv[d + kv:]),
+                "o_proj": kernel(take(f"{block}.attn_out.weight"))}
+        del qkv
+        ff = take(f"{block}.ff_proj.weight")
+        mlp = {"up_proj": kernel(ff[:hidden]), "gate_proj": kernel(ff[hidden:]),
+               "down_proj": kernel(take(f"{block}.ff_out.weight"))}
+        del ff
+        tree[f"layers_{i}"] = {"self_attn": attn, "mlp": mlp}
     if not config.weight_tying:
-        tree["lm_head"] = kernel(arrays["transformer.ff_out.weight"])
+        tree["lm_head"] = kernel(take("transformer.ff_out.weight"))
     return tree
 
 
-def _zeros_like_params(config: ModelConfig) -> Any:
-    import jax
-
-    from olmo_jax.model.transformer import param_shapes
-
-    return jax.tree.map(lambda s: np.zeros(s.shape, np.float32), param_shapes(config))
 
 
 # --- config.yaml ↔ our config ------------------------------------------------------------------------------------
@@ -503,7 +517,9 @@ def _read_optim(model: ModelConfig, optim: Any, where: str) -> tuple[Any, Any, i
             if float(group.get("weight_decay", 0.0)) > 0:
                 decayed.add(olmo_name(name))
     exp_avg, exp_avg_sq, steps = {}, {}, set()
-    for key, entry in optim["state"].items():
+    state = optim["state"]
+    for key in list(state):
+        entry = state.pop(key)  # the file's dict lets go of each tensor as it is converted
         name = index_to_name.get(key, olmo_name(str(key)))
         if not {"exp_avg", "exp_avg_sq"} <= set(entry):
             raise ConversionError(f"{where}: the state of {name} has {sorted(entry)}, not AdamW's exp_avg and "
@@ -511,8 +527,9 @@ def _read_optim(model: ModelConfig, optim: Any, where: str) -> tuple[Any, Any, i
         exp_avg[name], exp_avg_sq[name] = entry["exp_avg"], entry["exp_avg_sq"]
         steps.add(float(to_numpy(entry.get("step", 0))))
     if not exp_avg:  # before the first step torch has no state yet
-        zeros = to_olmo_tensors(model, _zeros_like_params(model))
-        exp_avg, exp_avg_sq, steps = zeros, zeros, {0.0}
+        exp_avg = {k: np.zeros(s, np.float32) for k, s in olmo_shapes(model).items()}
+        exp_avg_sq = {k: np.zeros(s, np.float32) for k, s in olmo_shapes(model).items()}
+        steps = {0.0}
     if len(steps) != 1:
         raise ConversionError(f"{where}: parameters have taken different numbers of steps ({sorted(steps)}); "
                               "olmo_jax keeps one update count for all.")
@@ -524,24 +541,10 @@ def _read_optim(model: ModelConfig, optim: Any, where: str) -> tuple[Any, Any, i
 def decayed_names(model: ModelConfig, decay_mask: Any) -> frozenset[str]:
     """The OLMo names our decay mask (a tree of bools shaped like the parameters) decays: a fused OLMo tensor
     decays when its parts do."""
-    as_float = _tree_map_leaves(lambda b: np.full((1, 1), float(b), np.float32), decay_mask)
-    names = set()
-    for name, tensor in to_olmo_tensors(model, _broadcast_like_params(model, as_float)).items():
-        if tensor.min() > 0:
-            names.add(name)
-    return frozenset(names)
-
-
-def _tree_map_leaves(fn: Any, tree: Any) -> Any:
     import jax
 
-    return jax.tree.map(fn, tree)
-
-
-def _broadcast_like_params(model: ModelConfig, tree: Any) -> Any:
-    import jax
-
-    return jax.tree.map(lambda v, z: np.broadcast_to(v, z.shape), tree, _zeros_like_params(model))
+    marks = jax.tree.map(lambda b: np.full((1, 1), float(b), np.float32), decay_mask)  # 1×1 stand-ins: the names
+    return frozenset(name for name, tensor in to_olmo_tensors(model, marks).items() if tensor.min() > 0)
 
 
 def adamw_group_settings(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> dict[str, Any]:
@@ -610,15 +613,15 @@ def to_olmo_config(config: Mapping[str, Any], save_folder: str | None = None) ->
     return olmo
 
 
-def write_olmo_checkpoint(folder: str | Path, olmo_config: Mapping[str, Any], model: ModelConfig, params: Any,
-                          mu: Any, nu: Any, step: int, epoch: int, examples_seen_this_epoch: int,
-                          decayed: frozenset[str], group_settings: Mapping[str, Any], last_lr: float,
-                          optimizer_steps: int | None = None) -> Path:
+def write_olmo_checkpoint(folder: str | Path, olmo_config: Mapping[str, Any], model: ModelConfig,
+                          weights: Callable[[], Any], moments: Callable[[], tuple[Any, Any, int]] | None, step: int,
+                          epoch: int, examples_seen_this_epoch: int, decayed: frozenset[str],
+                          group_settings: Mapping[str, Any], last_lr: float) -> Path:
     """Write `folder/step{step}-unsharded/` (model.pt, optim.pt, train.pt, config.yaml) as OLMo's trainer does:
-    into `…-tmp`, renamed when complete. An existing step directory is refused, never replaced. `mu` None: no
-    optim.pt (weights only). `optimizer_steps`: the moments' own step count when it differs from `step`."""
-    import yaml
-
+    into `…-tmp`, renamed when complete; a failure removes the unfinished folder. An existing step directory is
+    refused, never replaced. `weights()` and `moments()` load the trees when they are needed, one after the other,
+    so the whole state is never in memory twice; `moments()` gives (exp_avg tree, exp_avg_sq tree, the updates they
+    have taken: `step` unless updates were skipped), and None writes no optim.pt (weights only)."""
     torch = torch_module()
     folder = Path(folder)
     final = folder / f"step{step}-unsharded"
@@ -628,30 +631,50 @@ def write_olmo_checkpoint(folder: str | Path, olmo_config: Mapping[str, Any], mo
             raise ConversionError(f"{taken} already exists; olmo_jax never replaces a checkpoint: give another "
                                   "output folder, or move it away.")
     tmp.mkdir(parents=True)
+    try:
+        _write_files(tmp, torch, olmo_config, model, weights, moments, step, epoch, examples_seen_this_epoch,
+                     decayed, group_settings, last_lr)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(final)
+    return final
+
+
+def _write_files(tmp: Path, torch: Any, olmo_config: Mapping[str, Any], model: ModelConfig,
+                 weights: Callable[[], Any], moments: Callable[[], tuple[Any, Any, int]] | None, step: int,
+                 epoch: int, examples_seen_this_epoch: int, decayed: frozenset[str],
+                 group_settings: Mapping[str, Any], last_lr: float) -> None:
+    import yaml
 
     def tensors(tree: Any) -> dict[str, Any]:
-        return {k: torch.from_numpy(v.copy()) for k, v in to_olmo_tensors(model, tree).items()}
+        return {k: torch.from_numpy(v) for k, v in to_olmo_tensors(model, tree).items()}
 
-    weights = tensors(params)
-    torch.save(weights, tmp / "model.pt")
-    if mu is not None:
-        avg, avg_sq = tensors(mu), tensors(nu)
-        taken = torch.tensor(float(step if optimizer_steps is None else optimizer_steps))
-        state = {name: {"step": taken.clone(), "exp_avg": avg[name], "exp_avg_sq": avg_sq[name]}
-                 for name in weights}
+    model_tensors = tensors(weights())
+    names = list(model_tensors)
+    torch.save(model_tensors, tmp / "model.pt")
+    del model_tensors
+    if moments is not None:
+        mu, nu, count = moments()
+        avg = tensors(mu)
+        del mu
+        avg_sq = tensors(nu)
+        del nu
+        taken = torch.tensor(float(count))
+        state = {name: {"step": taken.clone(), "exp_avg": avg.pop(name), "exp_avg_sq": avg_sq.pop(name)}
+                 for name in names}
         groups = []
         for decays in (True, False):
-            names = sorted(n for n in weights if (n in decayed) == decays)
-            if names:
+            members = sorted(n for n in names if (n in decayed) == decays)
+            if members:
                 groups.append({**group_settings, "lr": last_lr,
                                "weight_decay": group_settings["weight_decay"] if decays else 0.0,
-                               "params": names, "param_names": names})
+                               "params": members, "param_names": members})
         torch.save({"state": state, "param_groups": groups}, tmp / "optim.pt")
+        del state
     gbs, seq = int(olmo_config["global_train_batch_size"]), int(model.max_sequence_length)
     trainer = {"epoch": epoch, "global_step": step, "global_train_examples_seen_this_epoch": examples_seen_this_epoch,
                "global_train_tokens_seen": step * gbs * seq, "world_size": 1, "checkpoints": [],
                "unsharded_checkpoints": [], "ephemeral_checkpoints": [], "rng": _rng_states(torch, olmo_config)}
     torch.save(trainer, tmp / "train.pt")
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(dict(olmo_config), sort_keys=False))
-    tmp.rename(final)
-    return final

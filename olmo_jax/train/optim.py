@@ -141,8 +141,9 @@ def adam_moments(opt_state: Any) -> tuple[Any, Any, jax.Array]:
 
 
 def with_adam_moments(like: Any, mu: Any, nu: Any, count: int, schedule: optax.Schedule) -> Any:
-    """`make_optimizer`'s state `like` holding these moments after `count` updates (a torch AdamW's state at that
-    step), with the LR of the last update recorded as inject_hyperparams does."""
+    """`make_optimizer`'s state `like` (or its abstract shape, jax.eval_shape of init: no zero moments are made)
+    holding these moments after `count` updates (a torch AdamW's state at that step), with the LR of the last
+    update recorded as inject_hyperparams does."""
     injected = _injected(like)
     adam, masked, last = injected.inner_state
     adam = adam._replace(count=jnp.asarray(count, adam.count.dtype), mu=mu, nu=nu)

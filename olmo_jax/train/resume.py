@@ -272,10 +272,12 @@ def restore_olmo(source: StateSource, jitted: JittedStep, path: Path,
             f"but this run reaches step {olmo.step} after {olmo.step * gbs:,} (a batch size changed mid-run, or "
             "fast_forward_batches was used), so the next batch would not be OLMo's. Not supported: continue it "
             "with OLMo's trainer, or load its weights alone with --config.reset_optimizer_state=True.")
-    fresh = fresh_optimizer(olmo.params, jitted)
-    opt_state = jax.jit(lambda s, mu, nu: with_adam_moments(s, mu, nu, olmo.step, schedule),
-                        out_shardings=jitted.state_shardings.opt_state)(fresh.opt_state, olmo.mu, olmo.nu)
-    state = fresh._replace(step=jnp.asarray(olmo.step, jnp.int32), opt_state=opt_state)
+    abstract = jitted.abstract_state
+    opt_state = jax.jit(lambda mu, nu: with_adam_moments(abstract.opt_state, mu, nu, olmo.step, schedule),
+                        out_shardings=jitted.state_shardings.opt_state)(olmo.mu, olmo.nu)
+    guard = jax.device_put(fresh_guard(abstract.guard.recent.shape[0]), jitted.state_shardings.guard)
+    state = TrainState(jnp.asarray(olmo.step, jnp.int32), jax.device_put(olmo.params, jitted.state_shardings.params),
+                       opt_state, jnp.asarray(True), guard)
     return state, f"loaded the full state of OLMo checkpoint {path} (step {olmo.step}){notes}"
 
 
