@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.save_folder = "runs/olmo-1b"
     c.save_interval = 1000  # checkpoint every this many steps, and at the end (recipe: --save_interval=1000)
     c.save_num_checkpoints_to_keep = 9  # newest checkpoints kept; older ones are deleted (OLMo-1B.yaml: 9)
-    # start from this checkpoint (run dir, checkpoints/ or step dir) or HF directory (OLMo: load_path)
+    # start from this checkpoint (run dir, checkpoints/ or step dir), an HF directory, or an OLMo stepN-unsharded
+    # directory or URL with its full state (docs/olmo-exchange.md) (OLMo: load_path)
     c.load_path = none_or(str)
     c.reset_optimizer_state = False  # with load_path: take the weights only, with a new optimizer at step 0 (OLMo name)
     c.allow_resume_mismatch = False  # resume although the checkpoint's model config or data fingerprint differs (ours)

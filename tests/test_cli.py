@@ -16,7 +16,7 @@ MICRO = "tests/configs/micro.py"
 MODULE_COMMANDS = ["olmo_jax.train", "olmo_jax.eval", "olmo_jax.generate"]
 TOOLS = sorted(p.name for p in (ROOT / "tools").glob("*.py"))
 TAKE_CONFIG = {"olmo_jax.train", "inspect_data.py", "benchmark.py", "memory_table.py", "bench_data.py",
-               "bench_checksum.py", "bench_remote.py", "gpu_sweep.py", "config_reference.py"}
+               "bench_checksum.py", "bench_remote.py", "gpu_sweep.py", "config_reference.py", "bench_olmo_exchange.py"}
 
 
 @pytest.mark.slow
