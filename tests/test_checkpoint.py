@@ -158,3 +158,26 @@ def test_checksum_bench_reports_what_it_measured() -> None:
     assert 0 < report["min_s"] <= report["median_s"] <= report["max_s"]
     scaled = report["state_bytes"] * report["median_s"] / report["timed_bytes"]
     assert report["whole_state_s"] == pytest.approx(scaled)
+
+
+@pytest.mark.slow
+def test_checksums_need_memory_for_one_array_at_a_time_not_the_whole_state() -> None:
+    """The checksums of a state took twice the state's memory in temporaries (one jitted pass over every array at
+    once: 3.2 GB more for 1.6 GB of arrays, so a 1B save or restore could run a device out of memory); per array,
+    the temporaries of the largest array are the bound."""
+    from conftest import run_python
+
+    script = """
+import resource, jax, jax.numpy as jnp
+from olmo_jax.train.checksum import checksums
+xs = [jnp.ones((2048, 8192), jnp.float32) + i for i in range(12)]
+jax.block_until_ready(xs)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+checksums(xs)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+    proc = run_python("-c", script, env={"JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    grew = int(proc.stdout.split()[-1])
+    state = 12 * 2048 * 8192 * 4  # 805 MB
+    assert grew < 0.5 * state, f"checksums took {grew / 1e6:.0f} MB more for {state / 1e6:.0f} MB of arrays"

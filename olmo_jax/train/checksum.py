@@ -4,9 +4,9 @@ restored, so a damaged array file (truncated, or bytes flipped in place) is refu
 Each array's checksum is two 32-bit sums over its elements of a murmur3-mixed function of (the element's bits, its
 flat index). Integer sums wrap and are exact, so the result does not depend on how the array is sharded, on the
 mesh or on the order XLA reduces in: a checkpoint saved on 8 devices verifies when restored on 1. Any change of
-elements changes a sum except with probability about 2^-64. The sums run on the devices, one jitted pass over the
-arrays (memory-bound: a few milliseconds for OLMo-1B's 14 GB of state on an H200); only 8 bytes per array reach
-the host.
+elements changes a sum except with probability about 2^-64. The sums run on the devices, one jitted pass per array
+(memory-bound; its temporaries, about twice the array, exist for one array at a time); only 8 bytes per array
+reach the host.
 """
 
 from __future__ import annotations
@@ -56,15 +56,22 @@ def _flat_index(shape: tuple[int, ...]) -> jax.Array:
 
 
 @jax.jit
+def _sum(x: jax.Array) -> jax.Array:
+    """[2] uint32: one array's two sums."""
+    bits, index = _bits(x), _flat_index(x.shape)
+    return jnp.stack([jnp.sum(_fmix(bits ^ _fmix(index * jnp.uint32(a) + jnp.uint32(b))), dtype=jnp.uint32)
+                      for a, b in _SEEDS])
+
+
+@jax.jit
+def _stack(sums: list[jax.Array]) -> jax.Array:
+    return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
+
+
 def _sums(leaves: list[jax.Array]) -> jax.Array:
-    """[leaves, 2] uint32."""
-    out = []
-    for x in leaves:
-        bits, index = _bits(x), _flat_index(x.shape)
-        pair = [jnp.sum(_fmix(bits ^ _fmix(index * jnp.uint32(a) + jnp.uint32(b))), dtype=jnp.uint32)
-                for a, b in _SEEDS]
-        out.append(jnp.stack(pair))
-    return jnp.stack(out) if out else jnp.zeros((0, 2), jnp.uint32)
+    """[leaves, 2] uint32, one jitted pass per array: the temporaries of a pass (about twice its array) exist for
+    one array at a time, not for the whole state at once (which would need twice the state's memory)."""
+    return _stack([_sum(x) for x in leaves])
 
 
 def checksums(tree: Any) -> dict[str, str]:

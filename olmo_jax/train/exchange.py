@@ -146,18 +146,31 @@ def import_from_olmo(path: Path, output: str | Path, config: TrainConfig) -> tup
     if root.exists() and any(root.iterdir()):
         raise ConversionError(f"{root} already holds checkpoints; olmo_jax never replaces one: give a new --output.")
     olmo = read_olmo_checkpoint(path)
+    step = olmo.step
     if config.model != olmo.model:
         raise ConversionError(f"{path}: its config.yaml and its tensors disagree about the model.")
     optimizer = make_optimizer(config.optimizer, config.scheduler, config.max_duration, config.max_grad_norm)
     schedule = lr_schedule(config.scheduler, config.optimizer.learning_rate, config.max_duration)
-    opt_state = with_adam_moments(jax.eval_shape(optimizer.init, olmo.params), olmo.mu, olmo.nu, olmo.step, schedule)
-    meta = {"step": olmo.step, "model": config.model, "config": config.to_dict(),
-            "tokens_seen": olmo.step * config.global_train_batch_size * config.model.max_sequence_length,
+    params, mu, nu = (_on_device(t) for t in (olmo.params, olmo.mu, olmo.nu))  # one copy of each, not two
+    del olmo
+    opt_state = with_adam_moments(jax.eval_shape(optimizer.init, params), mu, nu, step, schedule)
+    meta = {"step": step, "model": config.model, "config": config.to_dict(),
+            "tokens_seen": step * config.global_train_batch_size * config.model.max_sequence_length,
             "opt_state_layout": OPT_STATE_LAYOUT, "source": f"olmo:{path}", "versions": package_versions(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     writer = Checkpointer(root, async_save=False)
     try:
-        writer.save(olmo.step, olmo.params, meta, opt_state)
+        writer.save(step, params, meta, opt_state)
     finally:
         writer.close()
-    return root / str(olmo.step), olmo.step
+    return root / str(step), step
+
+
+def _on_device(tree: dict[str, Any]) -> dict[str, Any]:
+    """A nested dict of NumPy arrays as jax arrays, each NumPy array let go of once copied (the dict is emptied)."""
+    out = {}
+    for key in list(tree):
+        value = tree.pop(key)
+        out[key] = _on_device(value) if isinstance(value, dict) else jax.device_put(value)
+        del value
+    return out
