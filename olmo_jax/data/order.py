@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,18 @@ def global_indices(num_instances: int, seed: int, epoch: int, world_size: int) -
     indices = np.arange(num_instances, dtype=np.uint32)
     np.random.Generator(np.random.PCG64(seed=seed + epoch)).shuffle(indices)
     return indices[: num_instances // world_size * world_size]
+
+
+def write_global_indices(path: str | Path, indices: np.ndarray) -> Path:
+    """OLMo's `<save_folder>/train_data/global_indices.npy`: one epoch's global order as raw uint32, no .npy header
+    (OLMo's IterableDataset writes it with np.memmap, and its scripts/inspect_train_data.py reads it back so).
+    Written to a temporary file and renamed, so a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    np.asarray(indices, dtype=np.uint32).tofile(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def row_positions(global_batch_size: int, grad_accum: int, world_size: int) -> np.ndarray:
@@ -124,6 +138,10 @@ class Batches:
 
     def epoch_of(self, step: int) -> int:
         return step // self.batches_per_epoch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """OLMo's global order of `epoch` (uint32, truncated to a multiple of dp_world_size)."""
+        return self._epoch_order(epoch)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         # Two epochs cached: near a boundary the prefetch thread is in the next epoch while the loop is in this one.

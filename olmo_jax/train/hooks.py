@@ -1,5 +1,6 @@
 """What the training loop does besides stepping, as small hooks: stop requests, logging, checkpointing (and
-watching the save in flight), and evaluation, each with its own interval.
+watching the save in flight), OLMo's data-order file at epoch boundaries, and evaluation, each with its own
+interval.
 
 After each step the loop calls every hook that is due: every `interval` steps, and at the last step of the run (the
 forced final pass). A run stopped early by a signal or a preemption notice makes a final pass of the hooks marked
@@ -148,6 +149,20 @@ class WatchSaves(Hook):
 
 
 @dataclasses.dataclass
+class WriteDataOrder(Hook):
+    """At each epoch boundary (interval: steps per epoch), OLMo's `train_data/global_indices.npy` for the epoch the
+    next batch starts, as OLMo's IterableDataset rewrites it when it reshuffles (the trainer writes the first)."""
+
+    write: Callable[[int], None]  # epoch → writes that epoch's order
+
+    def due(self, event: StepEnd) -> bool:
+        return event.stopping is None and event.step % self.interval == 0 and not event.is_last
+
+    def __call__(self, event: StepEnd) -> None:
+        self.write(event.step // self.interval)
+
+
+@dataclasses.dataclass
 class Evaluate(Hook):
     """Every `eval_interval` steps and at the end: run the evaluators on the current parameters."""
 
@@ -169,4 +184,5 @@ def hooks_of(*hooks: Hook | None) -> list[Hook]:
     return [h for h in hooks if h is not None]
 
 
-__all__ = ["Evaluate", "Hook", "LogMetrics", "SaveCheckpoint", "StepEnd", "StopOnRequest", "hooks_of", "host_sync"]
+__all__ = ["Evaluate", "Hook", "LogMetrics", "SaveCheckpoint", "StepEnd", "StopOnRequest", "WriteDataOrder", "hooks_of",
+           "host_sync"]

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from olmo_jax.config import TrainConfig
-from olmo_jax.data.order import Batches, BatchSplit
+from olmo_jax.data.order import Batches, BatchSplit, write_global_indices
 from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.data.tokenizer import Tokenizer
 from olmo_jax.errors import ConfigError, DataError, TrainingError
@@ -46,6 +46,7 @@ from olmo_jax.train.hooks import (
     StepEnd,
     StopOnRequest,
     WatchSaves,
+    WriteDataOrder,
     hooks_of,
     host_sync,
 )
@@ -165,6 +166,14 @@ class Run:
                            c.reset_optimizer_state, c.allow_resume_mismatch, c.allow_optimizer_change, c.model.init_fn,
                            c.seed, self.batches.batches_per_epoch)
 
+    @property
+    def data_order_file(self) -> Path:
+        """OLMo's `train_data/global_indices.npy` (its IterableDataset's work_dir is `<save_folder>/train_data`)."""
+        return self.run_dir / "train_data" / "global_indices.npy"
+
+    def write_data_order(self, epoch: int) -> None:
+        write_global_indices(self.data_order_file, self.batches.epoch_order(epoch))
+
     def save(self, state: TrainState, step: int) -> None:
         meta = {
             "step": step,
@@ -270,6 +279,7 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     if is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        run.write_data_order(run.batches.epoch_of(start))
         print(run.summary(start, how), flush=True)
     writer = MetricsWriter(run.run_dir, start, enabled=is_main, tensorboard=config.tensorboard,
                            wandb=_wandb_kwargs(config) if config.wandb.enabled else None)
@@ -299,7 +309,8 @@ def make_hooks(run: Run, stop: StopRequest, writer: MetricsWriter, log: LogMetri
     c = run.config
     evaluate = Evaluate(c.eval_interval, run.evaluators, writer, console) if run.evaluators is not None else None
     save = SaveCheckpoint(c.save_interval, run.save, run.checkpointer, console)
-    return hooks_of(StopOnRequest(1, stop), log, save, WatchSaves(1, run.checkpointer), evaluate)
+    order = WriteDataOrder(run.batches.batches_per_epoch, run.write_data_order) if jax.process_index() == 0 else None
+    return hooks_of(StopOnRequest(1, stop), log, save, WatchSaves(1, run.checkpointer), order, evaluate)
 
 
 class HealthCheck:
