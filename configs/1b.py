@@ -136,6 +136,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = none_or(int)  # seed of the data order; None → seed (OLMo default)
     # batches prepared ahead by a background thread; remote data: depth × step time ≥ stall (ours)
     c.data.prefetch_depth = 8
+    # append a content hash of each step's global batch (token ids, instance indices) to
+    # <save_folder>/data_ledger.jsonl; compare runs with tools/inspect_data.py --compare-ledgers (ours)
+    c.data.ledger = True
     # ours, for http(s)://, gs:// and s3:// URLs in data.paths (docs/remote-data.md):
     c.data.remote_retries = 8  # retries of a failed request (5xx, 408, 429, connection errors, timeouts)
     c.data.remote_backoff = 0.5  # seconds before the first retry, doubling each time (8 retries: ~2 min in all)

@@ -4,7 +4,8 @@ batch sizes, seed, data, max_duration, precision, loss normalisation) taken from
     python -m olmo_jax.train --config=configs/olmo_yaml.py:runs/olmo/step1000-unsharded \\
         --config.load_path=runs/olmo/step1000-unsharded --config.save_folder=runs/continued
 
-The argument after the colon is an OLMo config.yaml or a checkpoint directory holding one. OLMo options olmo_jax
+The argument after the colon is an OLMo config.yaml (a path or an http(s) URL, fetched once into the cache) or a
+checkpoint directory holding one. OLMo options olmo_jax
 cannot reproduce are refused, each named (olmo_jax/train/olmo_native.py `map_olmo_config`); `--config.*` overrides
 still apply on top. Without an argument this is configs/1b.py. docs/olmo-exchange.md says what carries over.
 """
@@ -27,8 +28,16 @@ def get_config(yaml_path: str | None = None) -> ml_collections.ConfigDict:
     c = _base()
     if not yaml_path:
         return c
-    from olmo_jax.train.olmo_native import CONFIG_FILE, map_olmo_config, read_config_yaml
+    from olmo_jax.train.olmo_native import CONFIG_FILE, is_url, map_olmo_config, read_config_yaml
 
+    if is_url(yaml_path):  # fetched once into the cache (resumable, size-checked)
+        import hashlib
+
+        from olmo_jax.data.assets import cache_dir
+        from olmo_jax.data.download import download
+
+        name = hashlib.sha256(yaml_path.encode()).hexdigest()[:16] + "-" + yaml_path.rsplit("/", 1)[-1]
+        yaml_path = str(download(yaml_path, cache_dir() / "olmo-configs" / name, progress=False))
     path = Path(yaml_path)
     folder = path if path.is_dir() else path.parent
     if path.is_dir() or path.name == CONFIG_FILE:

@@ -40,6 +40,7 @@ class DataConfig:
     memmap_dtype: str  # uint16, or uint32 for vocabularies above 65,536
     seed: int | None  # None → the run's seed
     prefetch_depth: int  # batches built ahead by the background thread
+    ledger: bool  # append each step's batch hashes to <save_folder>/data_ledger.jsonl (olmo_jax/data/ledger.py)
     stdlib_corpus: bool  # build paths[0] (and its sibling heldout.npy) from the standard library if missing
     remote_retries: int
     remote_backoff: float

@@ -139,6 +139,14 @@ class Batches:
     def epoch_of(self, step: int) -> int:
         return step // self.batches_per_epoch
 
+    def set_epoch_order(self, epoch: int, order: np.ndarray) -> None:
+        """Use `order` (an existing OLMo global_indices.npy) as `epoch`'s global order instead of computing it."""
+        expected = len(self._epoch_order(epoch))
+        if len(order) != expected:
+            raise DataError(f"A global order of {len(order):,} instances does not fit this data's {expected:,}.")
+        with self._order_lock:
+            self._orders[epoch] = np.asarray(order, np.uint32)
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         """OLMo's global order of `epoch` (uint32, truncated to a multiple of dp_world_size)."""
         return self._epoch_order(epoch)

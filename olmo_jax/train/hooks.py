@@ -163,6 +163,19 @@ class WriteDataOrder(Hook):
 
 
 @dataclasses.dataclass
+class RecordLedger(Hook):
+    """Every step, once it is known to be finite (also a step whose update the spike guard skipped: its batch was
+    consumed): the batch ledger's record (olmo_jax/data/ledger.py), also in a stopped run's final pass."""
+
+    write: Callable[[int], None]  # step → appends its record
+    at_stop = True
+    needs_healthy = True
+
+    def __call__(self, event: StepEnd) -> None:
+        self.write(event.step)
+
+
+@dataclasses.dataclass
 class Evaluate(Hook):
     """Every `eval_interval` steps and at the end: run the evaluators on the current parameters."""
 
@@ -184,5 +197,5 @@ def hooks_of(*hooks: Hook | None) -> list[Hook]:
     return [h for h in hooks if h is not None]
 
 
-__all__ = ["Evaluate", "Hook", "LogMetrics", "SaveCheckpoint", "StepEnd", "StopOnRequest", "WriteDataOrder", "hooks_of",
-           "host_sync"]
+__all__ = ["Evaluate", "Hook", "LogMetrics", "RecordLedger", "SaveCheckpoint", "StepEnd", "StopOnRequest",
+           "WriteDataOrder", "hooks_of", "host_sync"]

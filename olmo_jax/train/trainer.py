@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from olmo_jax.config import TrainConfig
+from olmo_jax.data.ledger import LedgerWriter
 from olmo_jax.data.order import Batches, BatchSplit, write_global_indices
 from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.data.tokenizer import Tokenizer
@@ -42,6 +43,7 @@ from olmo_jax.train.hooks import (
     Evaluate,
     Hook,
     LogMetrics,
+    RecordLedger,
     SaveCheckpoint,
     StepEnd,
     StopOnRequest,
@@ -288,8 +290,9 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     console = bar.write if is_main else _silent
     speed = SpeedMonitor(run.tokens_per_step, config.model.flops_per_token(), jax.device_count())
     log = LogMetrics(config.console_log_interval, writer, speed, run.tokens_per_step, console)
+    ledger = LedgerWriter(run.run_dir, run.batches, start) if is_main and config.data.ledger else None
     try:
-        hooks = make_hooks(run, stop, writer, log, console)
+        hooks = make_hooks(run, stop, writer, log, console, ledger)
         with PeerWatch(run.checkpointer.directory, settle_s=config.distributed.heartbeat_timeout_seconds + 10):
             step, _ = run_loop(run, state, start, hooks, speed, bar.update, console)
     except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
@@ -297,6 +300,8 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     finally:
         bar.close()
         writer.close()
+        if ledger is not None:
+            ledger.close()
     if is_main and "train/loss" in log.last_logged:
         ended = "Finished" if step == config.last_step else "Stopped"
         print(f"{ended} at step {step}: loss {log.last_logged['train/loss']:.4f}; checkpoints in "
@@ -304,13 +309,15 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     return step
 
 
-def make_hooks(run: Run, stop: StopRequest, writer: MetricsWriter, log: LogMetrics, console: Any) -> list[Hook]:
+def make_hooks(run: Run, stop: StopRequest, writer: MetricsWriter, log: LogMetrics, console: Any,
+               ledger: LedgerWriter | None = None) -> list[Hook]:
     """The loop's hooks, in the order they run after a step: stop requests, logging, checkpointing, evaluation."""
     c = run.config
     evaluate = Evaluate(c.eval_interval, run.evaluators, writer, console) if run.evaluators is not None else None
     save = SaveCheckpoint(c.save_interval, run.save, run.checkpointer, console)
     order = WriteDataOrder(run.batches.batches_per_epoch, run.write_data_order) if jax.process_index() == 0 else None
-    return hooks_of(StopOnRequest(1, stop), log, save, WatchSaves(1, run.checkpointer), order, evaluate)
+    record = RecordLedger(1, ledger.write) if ledger is not None else None
+    return hooks_of(StopOnRequest(1, stop), log, record, save, WatchSaves(1, run.checkpointer), order, evaluate)
 
 
 class HealthCheck:
