@@ -137,7 +137,8 @@ def _shown(output: str) -> list[str]:
 
 @pytest.mark.slow
 def test_an_olmo_yaml_with_urls_shows_the_same_instances_as_the_files(tmp_path: Path) -> None:
-    """OLMo's own config.yaml pointed at the fixture's tokens over HTTP (a local range server): step N's instances
+    """OLMo's own config.yaml, at a URL and pointed at the fixture's tokens over HTTP (a local range server): step N's
+    instances
     and token ranges are those of the same file on disk, and of OLMo's own run; without --no-text no byte of the
     data is read, only the file's size."""
     import yaml
@@ -146,11 +147,14 @@ def test_an_olmo_yaml_with_urls_shows_the_same_instances_as_the_files(tmp_path: 
     from tools.range_server import RangeServer
 
     olmo = yaml.safe_load((FIXTURES / "run" / "config.yaml").read_text())
-    with RangeServer(FIXTURES) as server:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "tokens.npy").write_bytes((FIXTURES / "tokens.npy").read_bytes())
+    with RangeServer(served) as server:
         olmo["data"]["paths"] = [f"{server.url}/tokens.npy"]
-        (tmp_path / "OLMo-tiny.yaml").write_text(yaml.safe_dump(olmo))
-        remote = run_python("tools/inspect_data.py", f"--config=configs/olmo_yaml.py:{tmp_path / 'OLMo-tiny.yaml'}",
-                            "--step", "4", "--no-text")
+        (served / "OLMo-tiny.yaml").write_text(yaml.safe_dump(olmo))  # the YAML at a URL too
+        remote = run_python("tools/inspect_data.py", f"--config=configs/olmo_yaml.py:{server.url}/OLMo-tiny.yaml",
+                            "--step", "4", "--no-text", env={"OLMO_JAX_CACHE": str(tmp_path / "cache")})
         got = [r for r in server.requests if r[1] == "tokens.npy"]  # (method, file, Range)
     local = run_python("tools/inspect_data.py", f"--config=configs/olmo_yaml.py:{FIXTURES / 'run' / 'config.yaml'}",
                        f"--config.data.paths={FIXTURES / 'tokens.npy'}", "--step", "4", "--no-text")
