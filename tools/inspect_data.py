@@ -70,10 +70,10 @@ def new_file(path: str) -> Path:
 
 def steps_of(text: str) -> tuple[int, int]:
     """"A:B" (OLMo global steps, inclusive) → (first, last)."""
-    try:
-        first, last = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise UsageError(f"--ledger {text!r}: give OLMo global steps as FIRST:LAST, e.g. 1:1000.") from None
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--ledger {text!r}: give OLMo global steps as FIRST:LAST, e.g. 1:1000.")
+    first, last = (int(p) for p in parts)
     if not 1 <= first <= last:
         raise UsageError(f"--ledger {text!r}: steps start at 1 and FIRST must not exceed LAST.")
     return first, last
@@ -110,6 +110,7 @@ def run(argv: list[str] | None = None) -> int:
     modes = [args.step is not None, args.ledger is not None, args.write_global_indices is not None]
     if sum(modes) != 1:
         p.error("give one of --step, --ledger, --write-global-indices or --compare-ledgers")
+    steps = steps_of(args.ledger) if args.ledger else None  # a malformed range fails before any data is read
     config = load_config(args.config, overrides)
     m, W = config.model, args.dp_world_size
     G = config.global_train_batch_size
@@ -131,8 +132,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"wrote {out}: epoch {args.epoch}'s order of {files.num_instances:,} instances (seed "
               f"{batches.seed + args.epoch}), {out.stat().st_size:,} bytes of uint32")
         return 0
-    if args.ledger:
-        first, last = steps_of(args.ledger)
+    if steps is not None:
+        first, last = steps
         start = time.perf_counter()
         records = [json.dumps(r) for r in ledger(batches, first - 1, last)]
         seconds = time.perf_counter() - start
