@@ -224,3 +224,18 @@ def test_a_checkpoint_at_a_url_is_fetched_once(tmp_path: Path, monkeypatch: pyte
     assert bodies == first  # the second import fetched nothing
     fetched = next((tmp_path / "cache" / "olmo-checkpoints").iterdir())
     assert (fetched / "model.pt").read_bytes() == (STEP4 / "model.pt").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_exchange_bench_reports_what_it_measured(tmp_path: Path) -> None:
+    from conftest import run_python
+
+    proc = run_python("tools/bench_olmo_exchange.py", f"--config={ROOT / 'tests' / 'configs' / 'micro.py'}",
+                      "--workdir", str(tmp_path / "work"), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["round_trip_exact"] is True
+    assert figures["export_s"] > 0 and figures["import_s"] > 0 and figures["export_peak_rss_gb"] > 0
+    assert figures["olmo_files_gb"] > 0.9 * figures["state_gb"]  # weights, both moments (and a little more)
+    again = run_python("tools/bench_olmo_exchange.py", "--workdir", str(tmp_path / "work"))
+    assert again.returncode == 1 and "exists" in again.stderr
