@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 from olmo_jax.data.order import Batches
 from olmo_jax.errors import DataError
+from olmo_jax.jsonl import keep_through, records
 
 LEDGER_FILE = "data_ledger.jsonl"
 
@@ -56,11 +56,7 @@ class LedgerWriter:
     def __init__(self, run_dir: Path, batches: Batches, start_step: int) -> None:
         self.batches = batches
         path = Path(run_dir) / LEDGER_FILE
-        if path.exists():
-            kept = [json.dumps(r) + "\n" for r in _records(path) if r["step"] <= start_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, path)
+        keep_through(path, start_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed in close())
 
@@ -73,24 +69,12 @@ class LedgerWriter:
         self._file.close()
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line (a full disk, a power cut)
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
-
-
 def read_ledger(path: str | Path) -> dict[int, dict[str, Any]]:
     """A ledger file's records by step (a step recorded twice keeps the later record)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Ledger {path} does not exist.")
-    return {r["step"]: r for r in _records(path)}
+    return {r["step"]: r for r in records(path.read_text())}
 
 
 def first_difference(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> tuple[int | None, str]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from olmo_jax.errors import ConfigError
+from olmo_jax.jsonl import keep_through, records
 
 
 def format_duration(seconds: float) -> str:
@@ -54,11 +54,8 @@ class MetricsWriter:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.jsonl"
-        if path.exists() and start_step is not None:
-            kept = [json.dumps(r) + "\n" for r in _records(path.read_text()) if r["step"] <= start_step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, path)
+        if start_step is not None:
+            keep_through(path, start_step)
         self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (closed in close())
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -99,23 +96,9 @@ class MetricsWriter:
             self._wandb.finish()
 
 
-def _records(text: str) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl's text; a line that is not a whole record (the torn last line a full disk or a
-    power cut leaves) is skipped."""
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
-
-
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl; when a resumed run logged a step again, the later record wins."""
     by_step: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
-    for record in _records(Path(path).read_text()):
+    for record in records(Path(path).read_text()):
         by_step[(record["step"], tuple(sorted(record)))] = record
     return sorted(by_step.values(), key=lambda r: r["step"])
