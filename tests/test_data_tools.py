@@ -41,7 +41,7 @@ def test_inspect_shows_each_rows_instance_file_offset_ids_and_text(tmp_path: Pat
         f, offset = files.locate(instance)
         header, ids_line, text_line = lines[1 + 3 * q:4 + 3 * q]
         device = q % 2  # OLMo deals positions to ranks strided
-        where = f"{files.paths[f]} @ token {offset}"
+        where = f"{files.paths[f]} @ token {offset} (to {offset + 128})"  # the instance's token range
         assert header == f"[{q}] instance {instance} = {where} (device {device}, micro-step 0)"
         row = files.read(np.array([instance]))[0]
         assert ids_line == f"    ids {row[:16].tolist()}"
