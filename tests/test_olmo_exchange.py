@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -239,3 +240,9 @@ def test_the_exchange_bench_reports_what_it_measured(tmp_path: Path) -> None:
     assert figures["olmo_files_gb"] > 0.9 * figures["state_gb"]  # weights, both moments (and a little more)
     again = run_python("tools/bench_olmo_exchange.py", "--workdir", str(tmp_path / "work"))
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_without_torch_the_pt_path_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ConversionError, match=r"needs PyTorch, which is not installed: pip install -e \"\.\[olmo\]\""):
+        load_pt(STEP4 / "train.pt")
