@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     # the summed cross-entropy is divided by the batch's B·(T−1) "targets", as the ai2-olmo ≤ 0.3.0 code that
     # trained OLMo-1B did, or by its B·T "tokens", as ai2-olmo ≥ 0.4.0 does (a loss (T−1)/T as large) (ours)
     c.loss_normalization = "targets"
-    # the run directory: checkpoints/, metrics.jsonl, tensorboard/, train_config.json (OLMo: save_folder)
+    # the run directory: checkpoints/, metrics.jsonl, tensorboard/, train_config.json, train_data/,
+    # data_ledger.jsonl (OLMo: save_folder)
     c.save_folder = "runs/olmo-1b"
     c.save_interval = 1000  # checkpoint every this many steps, and at the end (recipe: --save_interval=1000)
     c.save_num_checkpoints_to_keep = 9  # newest checkpoints kept; older ones are deleted (OLMo-1B.yaml: 9)
