@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from olmo_jax.data.order import Batches
+from olmo_jax.data.order import Batches, row_positions
 from olmo_jax.errors import DataError
 from olmo_jax.jsonl import keep_through, records
 
@@ -38,31 +39,58 @@ def global_rows(batches: Batches, step: int) -> np.ndarray:
     return batches.epoch_order(epoch)[within * g:(within + 1) * g].astype(np.int64)
 
 
+def _record(step: int, rows: np.ndarray, tokens: np.ndarray) -> dict[str, Any]:
+    """The record of batch `step` from its rows' instance indices [G] and token ids [G, T], in global order."""
+    return {"step": step + 1, "tokens": _digest(tokens.astype("<u4")), "instances": _digest(rows.astype("<u8"))}
+
+
 def ledger(batches: Batches, start: int, stop: int, chunk: int = 64) -> Iterator[dict[str, Any]]:
     """The ledger records of batches start … stop − 1 (0-based; records name OLMo's global_step, batch + 1),
     reading `chunk` steps' rows at a time."""
     for first in range(start, stop, chunk):
         steps = range(first, min(stop, first + chunk))
         rows = np.stack([global_rows(batches, s) for s in steps])  # [steps, G]
-        tokens = batches.files.read(rows).astype("<u4")  # [steps, G, T]
+        tokens = batches.files.read(rows)  # [steps, G, T]
         for i, s in enumerate(steps):
-            yield {"step": s + 1, "tokens": _digest(tokens[i]), "instances": _digest(rows[i].astype("<u8"))}
+            yield _record(s, rows[i], tokens[i])
 
 
 class LedgerWriter:
     """Appends a run's ledger records (process 0). Given the step a run starts from, it first drops what a killed
-    predecessor recorded after it, so a resumed ledger has every step once, in order."""
+    predecessor recorded after it, so a resumed ledger has every step once, in order.
+
+    `observe` (the prefetcher calls it in its thread with each batch it read) hashes the batch there, off the
+    loop's path; in a one-process run that batch is the whole global batch, so nothing is read twice. With several
+    processes, process 0 holds only its rows and reads the global batch once more for the record.
+    """
 
     def __init__(self, run_dir: Path, batches: Batches, start_step: int) -> None:
         self.batches = batches
+        self._ready: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._positions = row_positions(batches.global_batch_size, batches.grad_accum, batches.dp_world_size)
         path = Path(run_dir) / LEDGER_FILE
         keep_through(path, start_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed in close())
 
+    def observe(self, step: int, batch: np.ndarray) -> None:
+        """Hash batch `step` (this process's [A, R, T]) as the prefetcher read it."""
+        if self.batches.process_count == 1:
+            tokens = np.empty((self.batches.global_batch_size, batch.shape[-1]), batch.dtype)
+            tokens[self._positions] = batch  # [A, R] positions → global order
+            record = _record(step, global_rows(self.batches, step), tokens)
+        else:
+            record = next(ledger(self.batches, step, step + 1))
+        with self._lock:
+            self._ready[step] = record
+
     def write(self, step: int) -> None:
         """The record of the step just taken (`step` updates applied: batch step − 1)."""
-        record = next(ledger(self.batches, step - 1, step))
+        with self._lock:
+            record = self._ready.pop(step - 1, None)
+        if record is None:  # not seen by the prefetcher (a caller without one)
+            record = next(ledger(self.batches, step - 1, step))
         self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:

@@ -197,10 +197,18 @@ class Batches:
         )
 
     def prefetch(self, start_step: int, stop_step: int, depth: int = 8,
-                 transform: Callable[[np.ndarray], Any] | None = None) -> Prefetcher:
+                 transform: Callable[[np.ndarray], Any] | None = None,
+                 observe: Callable[[int, np.ndarray], None] | None = None) -> Prefetcher:
         """Batches start_step … stop_step − 1 built ahead by a background thread; see `Prefetcher`.
 
-        transform, when given, runs in that thread on each batch (e.g. a host-to-device transfer).
+        In that thread, `observe(step, batch)` sees each batch as read (the batch ledger hashes it there), then
+        `transform`, when given, turns it into what the loop gets (e.g. a host-to-device transfer).
         """
-        make = self.batch_at if transform is None else lambda step: transform(self.batch_at(step))
+
+        def make(step: int) -> Any:
+            batch = self.batch_at(step)
+            if observe is not None:
+                observe(step, batch)
+            return batch if transform is None else transform(batch)
+
         return Prefetcher(make, range(start_step, stop_step), depth)

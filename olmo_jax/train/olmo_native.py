@@ -648,7 +648,9 @@ def _write_files(tmp: Path, torch: Any, olmo_config: Mapping[str, Any], model: M
     import yaml
 
     def tensors(tree: Any) -> dict[str, Any]:
-        return {k: torch.from_numpy(v) for k, v in to_olmo_tensors(model, tree).items()}
+        # torch wants writable arrays; a read-only view of a restored array is copied (one tensor at a time)
+        return {k: torch.from_numpy(v if v.flags.writeable else v.copy())
+                for k, v in to_olmo_tensors(model, tree).items()}
 
     model_tensors = tensors(weights())
     names = list(model_tensors)

@@ -21,10 +21,12 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
@@ -294,7 +296,8 @@ def _train(run: Run, state: TrainState, start: int, how: str, damaged: tuple[tup
     try:
         hooks = make_hooks(run, stop, writer, log, console, ledger)
         with PeerWatch(run.checkpointer.directory, settle_s=config.distributed.heartbeat_timeout_seconds + 10):
-            step, _ = run_loop(run, state, start, hooks, speed, bar.update, console)
+            step, _ = run_loop(run, state, start, hooks, speed, bar.update, console,
+                               ledger.observe if ledger is not None else None)
     except DataError as e:  # e.g. a remote file failing for good mid-run, raised from the prefetch thread
         raise DataError(f"{e}\nThe run stopped; {run.last_good()}.") from e
     finally:
@@ -384,13 +387,14 @@ class HealthCheck:
 
 
 def run_loop(run: Run, state: TrainState, start: int, hooks: list[Hook], speed: SpeedMonitor,
-             progress: Any = None, console: Any = None) -> tuple[int, TrainState]:
+             progress: Any = None, console: Any = None,
+             observe: Callable[[int, np.ndarray], None] | None = None) -> tuple[int, TrainState]:
     """Dispatch steps from `start` to the run's last step (or a stop), calling the hooks that are due after each;
-    returns the last completed step and the state."""
+    returns the last completed step and the state. `observe` sees each batch in the prefetch thread (the ledger)."""
     last = run.config.last_step
     step = start
     health = HealthCheck(run, console)
-    with run.batches.prefetch(start, last, run.config.data.prefetch_depth) as batches:
+    with run.batches.prefetch(start, last, run.config.data.prefetch_depth, observe=observe) as batches:
         for batch_step, local_batch in batches:
             batch = jax.make_array_from_process_local_data(run.step.batch_sharding, local_batch)
             state, metrics = run.step.train_step(state, batch)
