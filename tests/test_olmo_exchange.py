@@ -246,3 +246,30 @@ def test_without_torch_the_pt_path_says_how_to_get_it(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     with pytest.raises(ConversionError, match=r"needs PyTorch, which is not installed: pip install -e \"\.\[olmo\]\""):
         load_pt(STEP4 / "train.pt")
+
+
+def test_olmos_safetensors_files_are_read_without_unpickling_code(tmp_path: Path) -> None:
+    """model.safetensors as OLMo's safetensors_util writes it (each key a base64 pickle of (key path, is-pickled)),
+    tried before model.pt: the same weights. A key whose pickle names a global is not decoded as one."""
+    import base64
+    import pickle
+
+    from safetensors.numpy import save_file
+
+    copy = tmp_path / "step4-unsharded"
+    copy.mkdir()
+    shutil.copy(STEP4 / "config.yaml", copy / "config.yaml")
+    weights = {name: tensor.numpy() for name, tensor in _pt(STEP4 / "model.pt").items()}
+    save_file({base64.urlsafe_b64encode(pickle.dumps(((name,), False))).decode(): array
+               for name, array in weights.items()}, copy / "model.safetensors")
+    from_safetensors = read_olmo_checkpoint(copy, weights_only=True).params
+    from_pt = read_olmo_checkpoint(STEP4, weights_only=True).params
+    jax.tree.map(np.testing.assert_array_equal, from_safetensors, from_pt)
+
+    from olmo_jax.train.olmo_native import load_safetensors_state
+
+    evil = base64.urlsafe_b64encode(pickle.dumps((("x",), False)).replace(b"x", b"y")).decode()  # still plain data
+    hostile = base64.urlsafe_b64encode(pickle.dumps(shutil.rmtree)).decode()  # would name a global
+    save_file({evil: np.zeros(1, np.float32), hostile: np.ones(1, np.float32)}, tmp_path / "odd.safetensors")
+    state = load_safetensors_state(tmp_path / "odd.safetensors")
+    assert set(state) == {"y", hostile}  # the global-naming key stays a plain string: nothing was run

@@ -104,6 +104,19 @@ def _plain_unpickle(data: bytes) -> Any:
     return _NoGlobals(io.BytesIO(data)).load()
 
 
+def _decoded_key(key: str) -> tuple[tuple[Any, ...], bool]:
+    """An OLMo safetensors key → (key path, value is pickled); a key that is not one of OLMo's (a plain tensor name,
+    or a pickle that would need a global) is the plain name."""
+    try:
+        decoded = _plain_unpickle(base64.urlsafe_b64decode(key))
+    except (ValueError, TypeError, EOFError, KeyError, IndexError, OverflowError, pickle.UnpicklingError):
+        return (key,), False
+    if (isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[0], tuple) and decoded[0]
+            and all(isinstance(k, str | int) for k in decoded[0]) and isinstance(decoded[1], bool)):
+        return decoded[0], decoded[1]
+    return (key,), False
+
+
 def load_safetensors_state(path: Path) -> dict[str, Any]:
     """A state dict OLMo saved with `olmo.safetensors_util` (keys: base64 pickles of (key path, is-pickled)), or a
     plain flat safetensors file; values as NumPy arrays, nested as the key paths say."""
@@ -113,10 +126,7 @@ def load_safetensors_state(path: Path) -> dict[str, Any]:
     with safe_open(path, framework="numpy") as f:
         for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
             value = f.get_tensor(key)
-            try:
-                keys, pickled = _plain_unpickle(base64.urlsafe_b64decode(key))
-            except (ValueError, pickle.UnpicklingError, TypeError, EOFError):
-                keys, pickled = (key,), False
+            keys, pickled = _decoded_key(key)
             if pickled:
                 try:
                     value = _plain_unpickle(value.tobytes())
@@ -146,7 +156,7 @@ def read_state_file(path: Path, names: tuple[str, ...], what: str) -> Any:
 def to_numpy(value: Any) -> np.ndarray:
     """A torch tensor (or array) as a float32 NumPy array."""
     if hasattr(value, "detach"):
-        value = value.detach().to(dtype=__import__("torch").float32).cpu().numpy()
+        value = value.detach().to(dtype=torch_module().float32).cpu().numpy()
     return np.asarray(value, dtype=np.float32)
 
 
@@ -479,7 +489,10 @@ def read_olmo_checkpoint(path: str | Path, weights_only: bool = False,
     params = from_olmo_tensors(model, read_state_file(path, MODEL_FILES, "the weights"), f"{path}/model")
     train = read_state_file(path, TRAIN_FILES, "the trainer state") if not weights_only or _first(
         path, TRAIN_FILES) else {}
-    step = int(train.get("global_step", 0)) if isinstance(train, dict) else 0
+    if not isinstance(train, dict):
+        raise ConversionError(f"{where}: its trainer state is a {type(train).__name__}, not OLMo's dict of step, epoch "
+                              "and data position.")
+    step = int(train.get("global_step", 0))
     epoch = int(train.get("epoch") or 0)
     gbs = int(olmo["global_train_batch_size"])
     seen = train.get("global_train_examples_seen_this_epoch", train.get("global_train_examples_seen"))
