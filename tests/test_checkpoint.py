@@ -181,3 +181,20 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
     grew = int(proc.stdout.split()[-1])
     state = 12 * 2048 * 8192 * 4  # 805 MB
     assert grew < 0.5 * state, f"checksums took {grew / 1e6:.0f} MB more for {state / 1e6:.0f} MB of arrays"
+
+
+def test_a_step_vanishing_mid_listing_is_listed_again(tmp_path: Path) -> None:
+    """Orbax lists the step folders, then reads each one's metadata: a step being deleted in between raises
+    FileNotFoundError, or NotADirectoryError while its folder is half removed (seen in CI); both are a new listing."""
+    from olmo_jax.train.checkpoint import _scan
+
+    for error in (FileNotFoundError, NotADirectoryError):
+        calls = []
+
+        def listing(error: type[OSError] = error) -> list[int]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise error("checkpoints/8")
+            return [9]
+
+        assert _scan(listing, tmp_path) == [9] and len(calls) == 2

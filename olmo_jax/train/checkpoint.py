@@ -381,7 +381,7 @@ def _scan(read: Any, directory: Path) -> Any:
     for attempt in range(READ_ATTEMPTS):
         try:
             return read()
-        except FileNotFoundError as e:
+        except (FileNotFoundError, NotADirectoryError) as e:  # a step removed between listing and reading it
             if attempt + 1 == READ_ATTEMPTS:
                 raise CheckpointError(f"Cannot list the checkpoints in {directory}: {e}.") from e
     raise AssertionError("unreachable")
