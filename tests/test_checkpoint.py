@@ -188,13 +188,14 @@ def test_a_step_vanishing_mid_listing_is_listed_again(tmp_path: Path) -> None:
     FileNotFoundError, or NotADirectoryError while its folder is half removed (seen in CI); both are a new listing."""
     from olmo_jax.train.checkpoint import _scan
 
-    for error in (FileNotFoundError, NotADirectoryError):
-        calls = []
-
-        def listing(error: type[OSError] = error) -> list[int]:
+    def flaky(error: type[OSError], calls: list[int]):
+        def listing() -> list[int]:
             calls.append(1)
             if len(calls) == 1:
                 raise error("checkpoints/8")
             return [9]
+        return listing
 
-        assert _scan(listing, tmp_path) == [9] and len(calls) == 2
+    for error in (FileNotFoundError, NotADirectoryError):
+        calls: list[int] = []
+        assert _scan(flaky(error, calls), tmp_path) == [9] and len(calls) == 2
