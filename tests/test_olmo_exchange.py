@@ -238,8 +238,11 @@ def test_the_exchange_bench_reports_what_it_measured(tmp_path: Path) -> None:
     assert figures["round_trip_exact"] is True
     assert figures["export_s"] > 0 and figures["import_s"] > 0 and figures["export_peak_rss_gb"] > 0
     assert figures["olmo_files_gb"] > 0.9 * figures["state_gb"]  # weights, both moments (and a little more)
-    again = run_python("tools/bench_olmo_exchange.py", "--workdir", str(tmp_path / "work"))
-    assert again.returncode == 1 and "exists" in again.stderr
+    from olmo_jax.errors import UsageError
+    from tools.bench_olmo_exchange import run
+
+    with pytest.raises(UsageError, match="exists; give a new folder"):  # nothing is written over
+        run(["--workdir", str(tmp_path / "work")])
 
 
 def test_without_torch_the_pt_path_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
