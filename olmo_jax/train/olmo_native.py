@@ -183,7 +183,7 @@ def fetch_olmo_checkpoint(url: str, cache: Path | None = None) -> Path:
     import hashlib
 
     from olmo_jax.data.assets import cache_dir
-    from olmo_jax.data.download import download, probe
+    from olmo_jax.data.download import download
     from olmo_jax.errors import DownloadError
 
     url = url.rstrip("/")
@@ -194,11 +194,12 @@ def fetch_olmo_checkpoint(url: str, cache: Path | None = None) -> Path:
     download(f"{url}/{CONFIG_FILE}", folder / CONFIG_FILE)
     for names, required in ((MODEL_FILES, True), (OPTIM_FILES, False), (TRAIN_FILES, False)):
         for name in names:
-            try:
-                probe(f"{url}/{name}")
-            except DownloadError:
-                continue
-            download(f"{url}/{name}", folder / name)
+            try:  # retried and resumed by download; a file the server does not have is the next name's turn
+                download(f"{url}/{name}", folder / name)
+            except DownloadError as e:
+                if getattr(e, "code", None) == 404:
+                    continue
+                raise
             break
         else:
             if required:
