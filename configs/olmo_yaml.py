@@ -6,7 +6,7 @@ batch sizes, seed, data, max_duration, precision, loss normalisation) taken from
 
 The argument after the colon is an OLMo config.yaml (a path or an http(s) URL, fetched once into the cache) or a
 checkpoint directory holding one. OLMo options olmo_jax
-cannot reproduce are refused, each named (olmo_jax/train/olmo_native.py `map_olmo_config`); `--config.*` overrides
+cannot reproduce are refused, each named (olmo_jax/train/olmo_config.py `map_olmo_config`); `--config.*` overrides
 still apply on top. Without an argument this is configs/1b.py. docs/olmo-exchange.md says what carries over.
 """
 
@@ -28,7 +28,9 @@ def get_config(yaml_path: str | None = None) -> ml_collections.ConfigDict:
     c = _base()
     if not yaml_path:
         return c
-    from olmo_jax.train.olmo_native import CONFIG_FILE, is_url, map_olmo_config, read_config_yaml
+    from olmo_jax.data.config import is_url
+    from olmo_jax.train.olmo_config import map_olmo_config
+    from olmo_jax.train.olmo_files import CONFIG_FILE, read_config_yaml
 
     if is_url(yaml_path):  # fetched once into the cache (resumable, size-checked)
         import hashlib
@@ -47,12 +49,7 @@ def get_config(yaml_path: str | None = None) -> ml_collections.ConfigDict:
 
         olmo = yaml.safe_load(path.read_text())
     mapped = map_olmo_config(olmo, str(path))
-    for key, value in mapped.overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    c.update_from_flattened_dict(mapped.overrides)
     for note in mapped.notes:
         print(f"note: {note}", file=sys.stderr)
     return c

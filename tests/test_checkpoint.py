@@ -13,17 +13,14 @@ from olmo_jax.errors import CheckpointError, CheckpointVanishedError
 from olmo_jax.model.transformer import init_params
 from olmo_jax.train import checkpoint as checkpoint_module
 from olmo_jax.train.checkpoint import (
-    LEASE_S,
-    LEASES,
     Checkpointer,
-    lease,
-    leased_steps,
     load_params,
     open_step,
     read_newest,
     resolve,
     save_params,
 )
+from olmo_jax.train.leases import LEASE_S, LEASES, lease, leased_steps
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ from olmo_jax.errors import ConversionError, TrainingError
 from olmo_jax.model.transformer import OLMo
 from olmo_jax.train.exchange import examples_position, export_to_olmo, import_from_olmo, local_checkpoint
 from olmo_jax.train.metrics import read_metrics
-from olmo_jax.train.olmo_native import load_pt, map_olmo_config, read_config_yaml, read_olmo_checkpoint
+from olmo_jax.train.olmo_config import map_olmo_config
+from olmo_jax.train.olmo_files import load_pt, read_config_yaml
+from olmo_jax.train.olmo_native import read_olmo_checkpoint
 from olmo_jax.train.trainer import train
 
 torch = pytest.importorskip("torch")  # a test-only dependency (the [olmo] extra for users)
@@ -269,7 +271,7 @@ def test_olmos_safetensors_files_are_read_without_unpickling_code(tmp_path: Path
     from_pt = read_olmo_checkpoint(STEP4, weights_only=True).params
     jax.tree.map(np.testing.assert_array_equal, from_safetensors, from_pt)
 
-    from olmo_jax.train.olmo_native import load_safetensors_state
+    from olmo_jax.train.olmo_files import load_safetensors_state
 
     evil = base64.urlsafe_b64encode(pickle.dumps((("x",), False)).replace(b"x", b"y")).decode()  # still plain data
     hostile = base64.urlsafe_b64encode(pickle.dumps(shutil.rmtree)).decode()  # would name a global

@@ -82,8 +82,8 @@ def steps_of(text: str) -> tuple[int, int]:
 def read_order(source: str, expected: int, epoch: int) -> np.ndarray:
     """An OLMo global_indices.npy (raw uint32; a path or URL, fetched once into the cache) of the config's length."""
     from olmo_jax.data.assets import cache_dir
+    from olmo_jax.data.config import is_url
     from olmo_jax.data.download import download
-    from olmo_jax.train.olmo_native import is_url
 
     path = download(source, cache_dir() / "global-indices" / source.replace("://", "/").replace("/", "_")) if (
         is_url(source)) else Path(source)

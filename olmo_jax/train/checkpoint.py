@@ -17,10 +17,10 @@ What is guaranteed:
   last complete checkpoint, whether it fails at once or in the background (`check`).
 - Readers (`open_step`, `load_params`) never change a checkpoint and never clean up. A reader through `read_newest`
   (eval, generate, the converters, `load_path`) claims its step with a small lease file under
-  `<checkpoints>/.readers/` (where it may write), and a writer keeps every leased step beyond `max_to_keep` until
-  the lease is released, so a live run does not rotate a step away while it is read. A step that vanishes anyway (an
-  older writer, a reader that cannot write there) is `CheckpointVanishedError`, and the reader takes the newest step
-  left.
+  `<checkpoints>/.readers/` (where it may write; olmo_jax/train/leases.py), and a writer keeps every leased step
+  beyond `max_to_keep` until the lease is released, so a live run does not rotate a step away while it is read. A
+  step that vanishes anyway (an older writer, a reader that cannot write there) is `CheckpointVanishedError`, and
+  the reader takes the newest step left.
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ import importlib.metadata
 import os
 import re
 import shutil
-import socket
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +44,12 @@ from olmo_jax.errors import CheckpointDamagedError, CheckpointError, CheckpointV
 from olmo_jax.model.config import ModelConfig
 from olmo_jax.model.transformer import param_shapes
 from olmo_jax.train.checksum import checksums, mismatched
+from olmo_jax.train.leases import KeepLeased, lease
 
 ITEMS = ("params", "opt_state", "meta")
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written: `<step>.orbax-checkpoint-tmp[-...]`
 READ_ATTEMPTS = 5  # how many times a listing is retried when a step vanishes mid-listing
 READ_PATIENCE_S = 60.0  # how long a reader keeps taking the newest step when the ones it picked vanish
-LEASES = ".readers"  # <checkpoints>/.readers/<step>.<host>.<pid>.<id>: a reader's claim on a step
-LEASE_S = 120.0  # a lease not refreshed for this long is a dead reader's: ignored, and removed after 10 times that
 
 
 def package_versions() -> dict[str, str]:
@@ -300,68 +295,6 @@ def _quiet_orbax_noise() -> None:
 def _quiet_abandoned_reads() -> None:
     """Finalise the coroutines of a failed restore now, while the interpreter can (see `_quiet_orbax_noise`)."""
     gc.collect()
-
-
-class KeepLeased:
-    """Orbax preservation policy: keep the steps that readers hold leases on (`lease`)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
-        held = leased_steps(self.directory)
-        return [info.step in held for info in checkpoints]
-
-
-def leased_steps(directory: Path) -> set[int]:
-    """The steps under `directory` with a live reader's lease; a dead reader's old leases are removed."""
-    held: set[int] = set()
-    try:
-        entries = list(os.scandir(directory / LEASES))
-    except OSError:
-        return held
-    now = time.time()
-    for entry in entries:
-        step = entry.name.split(".")[0]
-        try:
-            age = now - entry.stat().st_mtime
-        except OSError:  # released meanwhile
-            continue
-        if age < LEASE_S and step.isdigit():
-            held.add(int(step))
-        elif age > 10 * LEASE_S:
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-    return held
-
-
-@contextlib.contextmanager
-def lease(directory: Path, step: int) -> Iterator[bool]:
-    """Hold a lease on `step` of the checkpoints in `directory` while the block reads it (refreshed in the
-    background); yields whether it could be taken (not where the reader cannot write: then it reads unprotected)."""
-    path = directory / LEASES / f"{step}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    try:
-        path.parent.mkdir(exist_ok=True)
-        path.touch(exist_ok=False)
-    except OSError:
-        yield False
-        return
-    done = threading.Event()
-
-    def refresh() -> None:
-        while not done.wait(LEASE_S / 4):
-            with contextlib.suppress(OSError):
-                os.utime(path)
-
-    keeper = threading.Thread(target=refresh, name="olmo_jax-lease", daemon=True)
-    keeper.start()
-    try:
-        yield True
-    finally:
-        done.set()
-        keeper.join()
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _vanishing(step_dir: Path, within_s: float = 3.0) -> bool:

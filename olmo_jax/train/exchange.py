@@ -1,7 +1,8 @@
 """Whole checkpoints between olmo_jax and OLMo's trainer: `export_to_olmo` (an olmo_jax checkpoint → OLMo's
 `stepN-unsharded/`) and `import_from_olmo` (the reverse, as an olmo_jax run directory), used by
 tools/convert_to_olmo.py and tools/convert_from_olmo.py. `load_path` reads OLMo directories directly
-(olmo_jax/train/resume.py `restore_olmo`); the file formats live in olmo_jax/train/olmo_native.py.
+(olmo_jax/train/resume.py `restore_olmo`); the formats live in olmo_jax/train/olmo_native.py, olmo_files.py and
+olmo_config.py.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import jax
 import numpy as np
 
 from olmo_jax.config import TrainConfig
+from olmo_jax.data.config import is_url
 from olmo_jax.errors import ConversionError
 from olmo_jax.model.transformer import param_shapes
 from olmo_jax.train.checkpoint import Checkpointer, package_versions, read_newest
+from olmo_jax.train.olmo_config import to_olmo_config
+from olmo_jax.train.olmo_files import fetch_olmo_checkpoint
 from olmo_jax.train.olmo_native import (
     adamw_group_settings,
     decayed_names,
-    fetch_olmo_checkpoint,
-    is_url,
     read_olmo_checkpoint,
-    to_olmo_config,
     write_olmo_checkpoint,
 )
 from olmo_jax.train.optim import (

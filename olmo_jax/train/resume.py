@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from olmo_jax.data.config import is_url
 from olmo_jax.data.token_files import TokenFiles
 from olmo_jax.errors import CheckpointDamagedError, CheckpointError, TrainingError
 from olmo_jax.model.config import ModelConfig
@@ -30,14 +31,9 @@ from olmo_jax.model.hf import load_hf
 from olmo_jax.model.transformer import param_shapes
 from olmo_jax.train.checkpoint import Checkpointer, read_newest
 from olmo_jax.train.config import OptimizerConfig
-from olmo_jax.train.olmo_native import (
-    decayed_names,
-    fetch_olmo_checkpoint,
-    is_olmo_checkpoint,
-    is_url,
-    map_olmo_config,
-    read_olmo_checkpoint,
-)
+from olmo_jax.train.olmo_config import map_olmo_config
+from olmo_jax.train.olmo_files import fetch_olmo_checkpoint, is_olmo_checkpoint
+from olmo_jax.train.olmo_native import decayed_names, read_olmo_checkpoint
 from olmo_jax.train.optim import (
     OPT_STATE_LAYOUT,
     decay_mask,
@@ -231,13 +227,7 @@ def restore_olmo(source: StateSource, jitted: JittedStep, path: Path,
         return (fresh_optimizer(olmo.params, jitted),
                 f"loaded the weights of OLMo checkpoint {path} (new optimizer state, step 0)")
     mapped = map_olmo_config(olmo.olmo_config, str(where))
-    nested: dict[str, Any] = {}
-    for key, value in mapped.overrides.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
+    nested = mapped.nested()
     saved_data = {"seed": nested["data"]["seed"] if nested["data"]["seed"] is not None else nested["seed"],
                   "global_train_batch_size": nested["global_train_batch_size"],
                   "files": [Path(p).name for p in nested["data"]["paths"]]}
